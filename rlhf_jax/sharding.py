@@ -1,0 +1,101 @@
+"""The device mesh and the logical-to-physical axis rules: the only module that names mesh axes.
+
+Models annotate parameters with logical names (`vocab, embed, heads, kv_heads, kv, mlp, layers`)
+and activations with `act_*` names. `RULES` maps them to the mesh axes ('data', 'fsdp', 'tensor'),
+first match wins and each mesh axis is used at most once per array (flax's resolution order).
+"""
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')
+
+RULES: tuple[tuple[str, Any], ...] = (
+    # Parameters: FSDP splits the model dimension, tensor parallelism splits heads / MLP / vocab.
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),
+    ('mlp', 'tensor'),
+    ('kv', None),
+    ('layers', None),
+    # Activations: batch over data and fsdp; heads, mlp and vocab over tensor.
+    ('act_batch', BATCH_AXES),
+    ('act_length', None),
+    ('act_embed', None),
+    ('act_heads', 'tensor'),
+    ('act_kv_heads', 'tensor'),
+    ('act_kv', None),
+    ('act_mlp', 'tensor'),
+    ('act_vocab', 'tensor'),
+)
+
+
+def mesh_shape(sizes: dict[str, int], n_devices: int) -> tuple[int, ...]:
+  """Resolves one -1 among the axis sizes; raises ValueError if they cannot cover the devices."""
+  shape = [int(sizes[a]) for a in AXES]
+  if shape.count(-1) > 1:
+    raise ValueError(f'mesh: at most one axis may be -1, got {dict(zip(AXES, shape))}')
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if n_devices % known:
+      raise ValueError(f'mesh: {n_devices} devices not divisible by {dict(zip(AXES, shape))}')
+    shape[shape.index(-1)] = n_devices // known
+  if int(np.prod(shape)) != n_devices:
+    raise ValueError(f'mesh: {dict(zip(AXES, shape))} needs {int(np.prod(shape))} devices, '
+                     f'have {n_devices}')
+  return tuple(shape)
+
+
+def make_mesh(sizes: dict[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh over `devices` (default: all devices of all processes)."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(sizes, len(devices))
+  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+def logical_spec(names: Sequence[str | None]) -> PartitionSpec:
+  return nn.logical_to_mesh_axes(tuple(names), RULES)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """Constrains an activation's sharding by logical names; a no-op when no mesh is set."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_spec(names))
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
+  """NamedShardings for a tree whose leaves are nn.LogicallyPartitioned (or plain: replicated)."""
+  specs = nn.get_partition_spec(abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, RULES)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Leading axis over the batch axes, the rest replicated."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def create_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args) -> tuple[Any, Any]:
+  """Builds `init_fn(*args)` directly in its sharded layout; full arrays never sit on one device.
+
+  Returns:
+    (tree, shardings): the tree with logical-partitioning boxes removed, and its shardings.
+  """
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = logical_shardings(abstract, mesh)
+  tree = jax.jit(init_fn, out_shardings=shardings)(*args)
+  return nn.unbox(tree), nn.unbox(shardings)
+
+
+def batch_size_multiple(mesh: Mesh) -> int:
+  """Global batch sizes must be divisible by this."""
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
