@@ -5,7 +5,10 @@ Geometries follow GPT-3 Table 2.1 (Brown et al. 2020) for the paper's models; In
 here once; stage configs pick one by name and may override any field from the command line.
 """
 import dataclasses
+import importlib.util
 import math
+import pathlib
+import types
 
 import ml_collections
 
@@ -116,3 +119,99 @@ def validate_model(m: ModelConfig) -> None:
   need(m.remat in ('none', 'full', 'dots'), f'remat {m.remat!r} unknown')
   for name in ('vocab_size', 'n_layers', 'd_model', 'n_heads', 'd_head', 'd_ff', 'max_len'):
     need(getattr(m, name) > 0, f'{name}={getattr(m, name)} must be positive')
+
+
+PAPER_GEOMETRIES = ('1.3b', '6b', '175b')
+
+
+def optimizer_config(lr: float, schedule: str = 'cosine', final_lr_frac: float = 0.1,
+                     warmup_steps: int = 0) -> ml_collections.ConfigDict:
+  """Adam with the paper's betas (App. C preamble: beta1 0.9, beta2 0.95).
+
+  The paper does not state eps, weight decay or gradient clipping; we keep GPT-3's
+  eps 1e-8 and global-norm clip 1.0 and no weight decay for fine-tuning.
+  """
+  return ml_collections.ConfigDict(dict(
+      lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
+      schedule=schedule, final_lr_frac=final_lr_frac, warmup_steps=warmup_steps,
+      warmup_start_frac=0.0))
+
+
+def data_config(seq_len: int) -> ml_collections.ConfigDict:
+  """Lengths and sources. Empty paths mean the InstructGPT-mini world's files in <workdir>/data.
+
+  Paper (App. C preamble): prompts up to half the context, responses up to half.
+  """
+  return ml_collections.ConfigDict(dict(
+      seq_len=seq_len, prompt_len=seq_len // 2, response_len=seq_len // 2,
+      world_scale=0.05, tokenizer='', pretrain='', demonstrations='', rankings='', prompts=''))
+
+
+def geometry_arg(arg: str | None, default: str = 'tiny') -> str:
+  """`get_config(arg)` helper: the geometry name selected after the colon, validated."""
+  name = arg or default
+  if name not in GEOMETRIES:
+    raise ConfigError(f'unknown geometry {name!r}; known: {", ".join(sorted(GEOMETRIES))}')
+  return name
+
+
+def mesh_for(geometry: str) -> ml_collections.ConfigDict:
+  """Default mesh: pure data parallel on small models, FSDP (+ tensor at 175B) on paper sizes."""
+  if geometry == '175b':
+    return ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=8))
+  if geometry in ('1.3b', '6b', '2.7b', '6.7b', '13b', 'llama2-7b', 'llama3-8b'):
+    return ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+
+def sibling_config(config_file: str, name: str) -> types.ModuleType:
+  """Imports configs/<name>.py beside `config_file`, so one config can extend another."""
+  path = pathlib.Path(config_file).with_name(f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'rlhf_jax_configs.{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+LM_STAGES = ('pretrain', 'sft', 'sft_init', 'sample')
+PPO_STAGES = ('ppo', 'ppo_ptx')
+
+
+def model_roles(config: ml_collections.ConfigDict) -> dict[str, tuple[ModelConfig, str]]:
+  """The models a stage holds: role -> (geometry, head), head 'lm' or 'scalar'."""
+  stage = config.stage
+  if stage in LM_STAGES:
+    return {'policy': (to_model_config(config.model), 'lm')}
+  if stage == 'rm':
+    return {'reward': (to_model_config(config.model), 'scalar')}
+  if stage in PPO_STAGES:
+    policy, critic = to_model_config(config.model), to_model_config(config.reward_model)
+    return {'policy': (policy, 'lm'), 'reference': (policy, 'lm'),
+            'reward': (critic, 'scalar'), 'value': (critic, 'scalar')}
+  return {}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks a stage config before any compilation; raises ConfigError with a one-line message."""
+  if not config.stage:
+    raise ConfigError('stage: empty; use one of the files in configs/')
+  for role, (model, _) in model_roles(config).items():
+    try:
+      validate_model(model)
+    except ConfigError as e:
+      raise ConfigError(f'{role} {e}') from None
+  for axis in ('data', 'fsdp', 'tensor'):
+    if config.mesh[axis] == 0 or config.mesh[axis] < -1:
+      raise ConfigError(f'mesh.{axis}={config.mesh[axis]} must be positive or -1')
+  data = config.get('data')
+  if data is not None and 'prompt_len' in data:
+    if data.prompt_len + data.response_len > config.model.max_len:
+      raise ConfigError(f'data: prompt_len {data.prompt_len} + response_len {data.response_len} '
+                        f'exceeds the context length model.max_len={config.model.max_len}')
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads 'path/to/config.py[:arg]' the way `--config=` does (for tests and tools)."""
+  path, _, arg = spec.partition(':')
+  module = sibling_config(path, pathlib.Path(path).stem)
+  return module.get_config(arg or None)

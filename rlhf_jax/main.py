@@ -1,0 +1,57 @@
+"""Entry point: `python -m rlhf_jax.main --config=configs/<stage>.py[:<geometry>] [--workdir=DIR]`.
+
+Parses and validates the config (before anything is compiled), then either describes the run
+(`--dry_run`) or runs the stage, producing any missing inputs first.
+"""
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from rlhf_jax import config_lib, sharding, state
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', 'configs/ppo_ptx.py', 'Stage config file[:geometry].')
+flags.DEFINE_string('workdir', None, 'Run directory (overrides config.workdir).')
+flags.DEFINE_bool('dry_run', False, 'Validate and describe the run without allocating parameters.')
+
+
+def describe(config) -> str:
+  """Geometry, parameter count per model role and mesh layout, from shapes alone."""
+  lines = [f'stage {config.stage}  workdir {config.workdir}']
+  for role, (model, head) in config_lib.model_roles(config).items():
+    n = state.count_params(state.abstract_params(model, head))
+    lines.append(f'  {role:<9} {head:<6} {n / 1e6:>12,.1f}M params  layers {model.n_layers} '
+                 f'd_model {model.d_model} heads {model.n_heads}/{model.kv_heads} d_ff {model.d_ff} '
+                 f'vocab {model.vocab_size} ctx {model.max_len} {model.dtype}/{model.param_dtype}')
+  sizes = dict(config.mesh)
+  n_dev = jax.device_count()
+  try:
+    shape = dict(zip(sharding.AXES, sharding.mesh_shape(sizes, n_dev)))
+    lines.append(f'  mesh {shape} over {n_dev} {jax.devices()[0].platform} device(s)')
+  except ValueError:
+    lines.append(f'  mesh {sizes} (needs more than the {n_dev} local device(s); '
+                 'see `python -m rlhf_jax.aot` for target slices)')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  if FLAGS.workdir:
+    config.workdir = FLAGS.workdir
+  try:
+    config_lib.validate(config)
+    if FLAGS.dry_run:
+      print(describe(config))
+      return
+    from rlhf_jax import stages  # the training stack is imported only when something runs
+    stages.run(config)
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,58 @@
+"""Geometries, shipped configs and validation."""
+import glob
+
+import pytest
+
+from rlhf_jax import config_lib, state
+
+CONFIG_FILES = sorted(glob.glob('configs/*.py'))
+
+
+def test_config_files_exist():
+  assert len(CONFIG_FILES) >= 5
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES)
+@pytest.mark.parametrize('geometry', ['tiny', '1.3b', '6b', '175b'])
+def test_every_shipped_config_loads_and_validates(path, geometry):
+  config = config_lib.load_config(f'{path}:{geometry}')
+  config_lib.validate(config)
+  assert config.stage
+
+
+@pytest.mark.parametrize('name', sorted(config_lib.GPT3_PAPER_PARAMS))
+def test_gpt3_param_counts_within_3_percent_of_paper(name):
+  n = state.count_params(state.abstract_params(config_lib.GEOMETRIES[name], 'lm'))
+  paper = config_lib.GPT3_PAPER_PARAMS[name]
+  assert abs(n - paper) / paper < 0.03, (name, n, paper)
+
+
+def test_cpu_presets_sizes():
+  tiny = state.count_params(state.abstract_params(config_lib.GEOMETRIES['tiny'], 'lm'))
+  small = state.count_params(state.abstract_params(config_lib.GEOMETRIES['small'], 'lm'))
+  assert 0.5e6 < tiny < 2e6 and 5e6 < small < 20e6
+
+
+def test_paper_geometries_are_self_consistent():
+  for name in config_lib.GPT3_PAPER_PARAMS:
+    m = config_lib.GEOMETRIES[name]
+    assert m.n_heads * m.d_head == m.d_model and m.vocab_size % 128 == 0, name
+
+
+def test_unknown_geometry_is_a_config_error():
+  with pytest.raises(config_lib.ConfigError, match='unknown geometry'):
+    config_lib.load_config('configs/sft.py:3b')
+
+
+def test_prompt_longer_than_context_is_rejected():
+  config = config_lib.load_config('configs/sft.py:tiny')
+  config.data.prompt_len = config.model.max_len
+  with pytest.raises(config_lib.ConfigError, match='exceeds the context'):
+    config_lib.validate(config)
+
+
+def test_bad_model_is_rejected_with_role():
+  config = config_lib.load_config('configs/ppo.py:tiny')
+  config.reward_model.n_kv_heads = 3
+  with pytest.raises(config_lib.ConfigError, match='reward model: n_heads=4 not divisible'):
+    config_lib.validate(config)

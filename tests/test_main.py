@@ -1,0 +1,31 @@
+"""The command line: dry runs and config errors, in a subprocess as a user runs them."""
+import subprocess
+import sys
+
+import pytest
+
+
+def run_main(*args):
+  return subprocess.run([sys.executable, '-m', 'rlhf_jax.main', *args], capture_output=True,
+                        text=True, timeout=300)
+
+
+@pytest.mark.parametrize('spec', ['configs/sft.py:175b', 'configs/ppo_ptx.py:1.3b',
+                                  'configs/rm.py:tiny', 'configs/ppo_ptx.py'])
+def test_dry_run_describes_without_allocating(spec):
+  result = run_main(f'--config={spec}', '--dry_run')
+  assert result.returncode == 0, result.stderr
+  assert 'params' in result.stdout and 'mesh' in result.stdout
+
+
+def test_dry_run_175b_counts_params():
+  out = run_main('--config=configs/sft.py:175b', '--dry_run').stdout
+  millions = float(out.split('policy')[1].split('M params')[0].split()[-1].replace(',', ''))
+  assert 170_000 < millions < 180_000
+
+
+def test_unknown_geometry_is_one_line_error():
+  result = run_main('--config=configs/sft.py:huge', '--dry_run')
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr
+  assert "unknown geometry 'huge'" in result.stderr.strip().splitlines()[-1]
