@@ -1,0 +1,255 @@
+"""grain pipelines from records to fixed-shape numpy batches, one entry point: `make_dataset`.
+
+Batches are dicts of numpy arrays (B = batch_size, T = seq_len, P = prompt_len, K = k_max):
+
+  TokenBatch ('text', 'demonstrations'), right-padded:
+    tokens       [B, T] int32  bos? + prompt + completion + eos, then pad_id
+    mask         [B, T] bool   real (non-pad) tokens
+    loss_mask    [B, T] bool   training targets: completion tokens (+ prompt tokens with
+                               loss_on_prompt) for demonstrations, every real token for text;
+                               never a segment's first token, so a loss may use loss_mask[:, 1:]
+                               against logits[:, :-1] without looking at segments
+    segment_ids  [B, T] int32  1, 2, ... per packed document, 0 on padding (unpacked: mask)
+    positions    [B, T] int32  position inside the document, 0 on padding
+  RankingBatch ('rankings'): each of the K completions as its own right-padded row
+    tokens       [B, K, T] int32  bos? + prompt + completion + eos
+    mask         [B, K, T] bool
+    ranks        [B, K] int32     0 = best, equal = tie; -1 where not valid
+    valid        [B, K] bool      False for the rows padding K up to k_max (all-pad rows)
+  PromptBatch ('prompts'): LEFT-padded, so generation appends on the right
+    tokens       [B, P] int32  pad_id ... bos? + prompt
+    mask         [B, P] bool
+    index        [B] int32     the record's position in `source` (look up customer, category)
+
+Lengths follow the paper: a prompt (with bos) longer than `prompt_len` tokens is dropped, and a
+response (completion + eos) is cut to `seq_len - prompt_len` tokens, losing its eos when cut.
+Pretraining text is cut to `seq_len` unless packed.
+
+Order: the source is split by shard first (records shard_index, shard_index + shard_count, ...;
+shards are disjoint and together complete), each shard is shuffled by `seed` with a fresh
+permutation every epoch, then tokenized, filtered, optionally packed, and batched with
+drop_remainder. Filtering happens after sharding, so with a finite `num_epochs` two shards may
+yield different numbers of batches; multi-host training should run for a fixed number of steps
+over the default endless repeat.
+
+Resuming: `it = iter(dataset)`; `it.get_state()` is a small JSON-serialisable dict and
+`it.set_state(state)` on a fresh iterator of the same dataset yields exactly the batches that
+followed (grain's DatasetIterator checkpointing; it accounts for prefetching and packing).
+
+Packing (`pack=True`): text is concatenated then split into full rows of T tokens (documents
+end in eos; a long document continues in the next row as a new segment); demonstrations are
+packed whole, first-fit, into rows of T. `segment_ids`/`positions` let attention stay within a
+document; a model that ignores them attends across documents, as GPT-3 pretraining did.
+"""
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from grain import experimental as grain_x
+
+from rlhf_jax.data import records
+from rlhf_jax.data.tokenizers import Tokenizer
+
+TOKEN_FIELDS = ('tokens', 'mask', 'loss_mask', 'segment_ids', 'positions')
+RANKING_FIELDS = ('tokens', 'mask', 'ranks', 'valid')
+PROMPT_FIELDS = ('tokens', 'mask', 'index')
+
+
+def _prompt_ids(tokenizer: Tokenizer, prompt: str, prompt_len: int,
+                add_bos: bool) -> list[int] | None:
+  """bos? + prompt ids, or None when longer than prompt_len (the paper filters such prompts)."""
+  ids = [tokenizer.bos_id] * add_bos + tokenizer.encode(prompt)
+  return ids if len(ids) <= prompt_len else None
+
+
+def _response_ids(tokenizer: Tokenizer, completion: str, response_len: int) -> list[int]:
+  return (tokenizer.encode(completion) + [tokenizer.eos_id])[:response_len]
+
+
+def _pad_right(ids: Sequence[int], length: int, pad_id: int) -> np.ndarray:  # [length]
+  out = np.full(length, pad_id, np.int32)
+  out[:len(ids)] = ids
+  return out
+
+
+def _row(ids: np.ndarray, loss_mask: np.ndarray, seq_len: int, pad_id: int) -> dict:
+  """A right-padded TokenBatch row from unpadded ids [n] and loss_mask [n]."""
+  n = len(ids)
+  mask = np.arange(seq_len) < n
+  positions = np.where(mask, np.arange(seq_len), 0).astype(np.int32)
+  return {'tokens': _pad_right(ids, seq_len, pad_id), 'mask': mask,
+          'loss_mask': np.pad(loss_mask, (0, seq_len - n)) & (positions > 0),
+          'segment_ids': mask.astype(np.int32), 'positions': positions}
+
+
+def _from_packed(row: dict, pad_id: int) -> dict:
+  """A TokenBatch row from grain's packed features (padding there is 0 with segment id 0)."""
+  segment_ids, positions = row['tokens_segment_ids'], row['tokens_positions']
+  mask = segment_ids > 0
+  return {'tokens': np.where(mask, row['tokens'], pad_id).astype(np.int32), 'mask': mask,
+          'loss_mask': row['loss_mask'].astype(bool) & mask & (positions > 0),
+          'segment_ids': segment_ids.astype(np.int32), 'positions': positions.astype(np.int32)}
+
+
+def _text_example(item: tuple[int, dict], tokenizer: Tokenizer, *, seq_len: int,
+                  add_bos: bool, pack: bool, **_) -> dict:
+  """Unpadded {'tokens', 'loss_mask'} of one document: bos? + text + eos (cut unless packed)."""
+  ids = [tokenizer.bos_id] * add_bos + tokenizer.encode(item[1]['text']) + [tokenizer.eos_id]
+  ids = np.asarray(ids if pack else ids[:seq_len], np.int32)
+  return {'tokens': ids, 'loss_mask': np.ones(len(ids), bool)}
+
+
+def _demonstration_example(item: tuple[int, dict], tokenizer: Tokenizer, *, seq_len: int,
+                           prompt_len: int, add_bos: bool, loss_on_prompt: bool,
+                           **_) -> dict | None:
+  """Unpadded {'tokens', 'loss_mask'}: bos? + prompt + completion + eos; None if filtered."""
+  prompt = _prompt_ids(tokenizer, item[1]['prompt'], prompt_len, add_bos)
+  if prompt is None:
+    return None
+  response = _response_ids(tokenizer, item[1]['completion'], seq_len - prompt_len)
+  loss_mask = [loss_on_prompt] * len(prompt) + [True] * len(response)
+  return {'tokens': np.asarray(prompt + response, np.int32),
+          'loss_mask': np.asarray(loss_mask, bool)}
+
+
+def _ranking_example(item: tuple[int, dict], tokenizer: Tokenizer, *, seq_len: int,
+                     prompt_len: int, add_bos: bool, k_max: int, **_) -> dict | None:
+  """One RankingBatch element; None if the prompt is too long."""
+  index, record = item
+  k = len(record['completions'])
+  if k > k_max:
+    raise ValueError(f'rankings record {index}: K={k} completions exceed k_max={k_max}')
+  prompt = _prompt_ids(tokenizer, record['prompt'], prompt_len, add_bos)
+  if prompt is None:
+    return None
+  tokens = np.full((k_max, seq_len), tokenizer.pad_id, np.int32)
+  mask = np.zeros((k_max, seq_len), bool)
+  for i, completion in enumerate(record['completions']):
+    ids = prompt + _response_ids(tokenizer, completion, seq_len - prompt_len)
+    tokens[i, :len(ids)], mask[i, :len(ids)] = ids, True
+  ranks = np.full(k_max, -1, np.int32)
+  ranks[:k] = record['ranks']
+  return {'tokens': tokens, 'mask': mask, 'ranks': ranks, 'valid': np.arange(k_max) < k}
+
+
+def _prompt_example(item: tuple[int, dict], tokenizer: Tokenizer, *, prompt_len: int,
+                    add_bos: bool, **_) -> dict | None:
+  """One left-padded PromptBatch element; None if the prompt is too long."""
+  index, record = item
+  ids = _prompt_ids(tokenizer, record['prompt'], prompt_len, add_bos)
+  if ids is None:
+    return None
+  tokens = _pad_right(ids[::-1], prompt_len, tokenizer.pad_id)[::-1].copy()
+  return {'tokens': tokens, 'mask': np.arange(prompt_len) >= prompt_len - len(ids),
+          'index': np.int32(index)}
+
+
+_EXAMPLES: dict[str, Callable[..., dict | None]] = {
+    'text': _text_example, 'demonstrations': _demonstration_example,
+    'rankings': _ranking_example, 'prompts': _prompt_example}
+
+
+def _ordered_records(source: Any, kind: str, *, seed: int, shuffle: bool, shard_index: int,
+                     shard_count: int, num_epochs: int | None) -> grain.MapDataset:
+  """(source index, record) pairs of one shard, shuffled per epoch and repeated."""
+  if isinstance(source, (str, os.PathLike)):
+    source = records.read_records(source, kind)
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f'shard_index={shard_index} not in [0, shard_count={shard_count})')
+  # Indices past the source's length are later epochs (grain's repeat), hence the modulo.
+  ds = grain.MapDataset.source(source).map_with_index(lambda i, r: (i % len(source), r))
+  ds = ds[shard_index::shard_count]
+  if not len(ds):
+    raise ValueError(f'shard {shard_index} of {shard_count} is empty ({len(source)} records)')
+  if shuffle:
+    ds = ds.shuffle(seed)
+  return ds.repeat(num_epochs)
+
+
+def _pack(ds: grain.IterDataset, kind: str, *, seq_len: int, batch_size: int,
+          seed: int) -> grain.IterDataset:
+  """Packed rows of seq_len tokens (see the module docstring)."""
+  lengths = {'tokens': seq_len, 'loss_mask': seq_len}
+  if kind == 'text':
+    return grain_x.ConcatThenSplitIterDataset(ds, length_struct=lengths)
+  if kind == 'demonstrations':
+    return grain_x.FirstFitPackIterDataset(ds, length_struct=lengths, seed=seed,
+                                           num_packing_bins=batch_size)
+  raise ValueError(f'pack=True is for text and demonstrations, not {kind}')
+
+
+def make_dataset(kind: str, source: Any, tokenizer: Tokenizer, *, batch_size: int,
+                 seq_len: int, prompt_len: int | None = None, seed: int = 0,
+                 shuffle: bool = True, shard_index: int | None = None,
+                 shard_count: int | None = None, num_epochs: int | None = None,
+                 pack: bool = False, k_max: int = 9, loss_on_prompt: bool = False,
+                 add_bos: bool = True,
+                 read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+  """A grain dataset of fixed-shape batches of one record kind (fields: module docstring).
+
+  Args:
+    kind: one of records.KINDS: 'text' and 'demonstrations' give TokenBatch, 'rankings'
+      RankingBatch, 'prompts' PromptBatch.
+    source: a JSONL path (read and validated whole), or a random-access sequence of records
+      (a list from records.read_records, or tfds_builders.load_split).
+    tokenizer: a Tokenizer; its pad_id pads, its bos_id/eos_id delimit.
+    batch_size: B, per process; a last partial batch is dropped.
+    seq_len: T, the context: prompt + response for demonstrations and rankings.
+    prompt_len: P, the longest prompt kept (bos included); default seq_len // 2. Responses are
+      cut to seq_len - prompt_len tokens.
+    seed: shuffling (and packing) seed; the same seed gives the same batches.
+    shuffle: False keeps source order within a shard (evaluation).
+    shard_index: this process's shard; default jax.process_index().
+    shard_count: number of shards; default jax.process_count().
+    num_epochs: passes over the shard; None repeats forever.
+    pack: pack several text documents / demonstrations into each row.
+    k_max: rankings: K is padded to k_max; a record with more completions raises ValueError.
+    loss_on_prompt: demonstrations: also train on prompt tokens.
+    add_bos: start every sequence (each document, prompt) with bos_id.
+    read_options: grain's threading / prefetch options for tokenization.
+
+  Returns:
+    A grain.IterDataset of dicts of numpy arrays; iterate it, or `iter()` it for a
+    checkpointable iterator (get_state / set_state).
+  """
+  if kind not in _EXAMPLES:
+    raise ValueError(f'unknown record kind {kind!r}, expected one of {records.KINDS}')
+  prompt_len = seq_len // 2 if prompt_len is None else prompt_len
+  if not 0 < prompt_len <= seq_len:
+    raise ValueError(f'prompt_len={prompt_len} must be in (0, seq_len={seq_len}]')
+  shard_index = jax.process_index() if shard_index is None else shard_index
+  shard_count = jax.process_count() if shard_count is None else shard_count
+  ds = _ordered_records(source, kind, seed=seed, shuffle=shuffle, shard_index=shard_index,
+                        shard_count=shard_count, num_epochs=num_epochs)
+  example = functools.partial(_EXAMPLES[kind], tokenizer=tokenizer, seq_len=seq_len,
+                              prompt_len=prompt_len, add_bos=add_bos, pack=pack, k_max=k_max,
+                              loss_on_prompt=loss_on_prompt)
+  ds = ds.map(example).filter(lambda e: e is not None).to_iter_dataset(read_options)
+  if pack:
+    ds = _pack(ds, kind, seq_len=seq_len, batch_size=batch_size, seed=seed)
+    ds = ds.map(functools.partial(_from_packed, pad_id=tokenizer.pad_id))
+  elif kind in ('text', 'demonstrations'):
+    ds = ds.map(lambda e: _row(e['tokens'], e['loss_mask'], seq_len, tokenizer.pad_id))
+  return ds.batch(batch_size, drop_remainder=True)
+
+
+def batch_spec(kind: str, *, batch_size: int, seq_len: int, prompt_len: int | None = None,
+               k_max: int = 9) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of make_dataset's batches, for jax.eval_shape and ahead-of-time compiles."""
+  b, t, p = batch_size, seq_len, seq_len // 2 if prompt_len is None else prompt_len
+  i32, boolean = np.dtype(np.int32), np.dtype(bool)
+  specs = {
+      'text': {'tokens': ((b, t), i32), 'mask': ((b, t), boolean),
+               'loss_mask': ((b, t), boolean), 'segment_ids': ((b, t), i32),
+               'positions': ((b, t), i32)},
+      'rankings': {'tokens': ((b, k_max, t), i32), 'mask': ((b, k_max, t), boolean),
+                   'ranks': ((b, k_max), i32), 'valid': ((b, k_max), boolean)},
+      'prompts': {'tokens': ((b, p), i32), 'mask': ((b, p), boolean), 'index': ((b,), i32)},
+  }
+  specs['demonstrations'] = specs['text']
+  return {name: jax.ShapeDtypeStruct(*shape_dtype)
+          for name, shape_dtype in specs[kind].items()}
