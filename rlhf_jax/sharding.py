@@ -62,17 +62,40 @@ def logical_spec(names: Sequence[str | None]) -> PartitionSpec:
   return nn.logical_to_mesh_axes(tuple(names), RULES)
 
 
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], axis_sizes: dict[str, int]) -> PartitionSpec:
+  """Drops mesh axes that do not divide their dimension: that dimension stays replicated.
+
+  This is what grouped-query attention needs when there are fewer key/value heads than the
+  tensor axis has devices (e.g. 2 kv heads on tensor=4): the kv projections are replicated.
+  """
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    kept, size = [], 1
+    for axis in axes:
+      if dim % (size * axis_sizes[axis]) == 0:
+        kept.append(axis)
+        size *= axis_sizes[axis]
+    fitted.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+  return PartitionSpec(*fitted)
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Constrains an activation's sharding by logical names; a no-op when no mesh is set."""
-  if jax.sharding.get_abstract_mesh().empty:
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
     return x
-  return jax.lax.with_sharding_constraint(x, logical_spec(names))
+  return jax.lax.with_sharding_constraint(x, fit_spec(logical_spec(names), x.shape, dict(mesh.shape)))
 
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
   """NamedShardings for a tree whose leaves are nn.LogicallyPartitioned (or plain: replicated)."""
-  specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, RULES)
+  def leaf_sharding(leaf):
+    names = leaf.names if isinstance(leaf, nn.LogicallyPartitioned) else ()
+    shape = nn.unbox(leaf).shape
+    return NamedSharding(mesh, fit_spec(logical_spec(names), shape, dict(mesh.shape)))
+  return jax.tree.map(leaf_sharding, abstract_tree,
+                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
