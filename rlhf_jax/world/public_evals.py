@@ -1,0 +1,63 @@
+"""'Public NLP' evaluations of the pretraining distribution, to measure the alignment tax.
+
+Held-out pretraining text (for perplexity) and zero-shot multiple-choice tasks. An item is
+{"context", "choices", "answer"}: a model scores each choice as the continuation
+`context + ' ' + choice` and picks the one with the highest average per-token log-probability
+(paper App. D); `answer` is the index of the right choice. Scoring with a model lives elsewhere.
+"""
+import random
+
+from rlhf_jax.world import corpus, tasks
+from rlhf_jax.world import language as lang
+
+N_CHOICES = 4
+
+
+def _choices(rng: random.Random, answer: str, pool) -> tuple[list[str], int]:
+  choices = [answer] + rng.sample([w for w in pool if w != answer], N_CHOICES - 1)
+  rng.shuffle(choices)
+  return choices, choices.index(answer)
+
+
+def _fact_cloze(rng: random.Random, rel: str) -> dict:
+  """Knowledge: 'the fox lives in the' -> forest (like LAMBADA-style cloze on world facts)."""
+  table, category = lang.RELATIONS[rel]
+  animal = rng.choice(lang.ANIMALS)
+  stem = {'home': 'the {} lives in the', 'food': 'the {} eats', 'colour': 'the {} is'}[rel]
+  choices, answer = _choices(rng, table[animal], lang.CATEGORIES[category])
+  return {'context': stem.format(animal), 'choices': choices, 'answer': answer}
+
+
+def _story_recall(rng: random.Random) -> dict:
+  """Reading: where the story's character went, asked again after the story."""
+  passage = tasks.FAMILIES['closed_qa'].sample_fields(rng)['passage']
+  name, place = lang.of_category(passage, 'name')[0], lang.of_category(passage, 'place')[0]
+  choices, answer = _choices(rng, place, lang.PLACES)
+  return {'context': f'{passage} then {name} went back to the', 'choices': choices,
+          'answer': answer}
+
+
+def _sentiment(rng: random.Random) -> dict:
+  """Sentiment: a review and 'overall it was' -> good / bad (as reviews end in the corpus)."""
+  review = tasks.FAMILIES['classification'].sample_fields(rng)['review']
+  good = any(w in lang.POSITIVE for w in lang.words(review))
+  return {'context': f'{review} overall it was', 'choices': ['good', 'bad'],
+          'answer': 0 if good else 1}
+
+
+TASKS = {
+    'cloze_home': lambda rng: _fact_cloze(rng, 'home'),
+    'cloze_food': lambda rng: _fact_cloze(rng, 'food'),
+    'cloze_colour': lambda rng: _fact_cloze(rng, 'colour'),
+    'story_recall': _story_recall,
+    'sentiment': _sentiment,
+}
+
+
+def public_evals(seed: int, n_items: int = 200, n_heldout_docs: int = 500) -> dict[str, list[dict]]:
+  """{'heldout_text': [{"text"}], task name: [items]} for every task in TASKS."""
+  rng = random.Random(seed)
+  evals = {'heldout_text': corpus.documents(rng, n_heldout_docs)}
+  for name, make in TASKS.items():
+    evals[name] = [make(rng) for _ in range(n_items)]
+  return evals
