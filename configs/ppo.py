@@ -19,7 +19,7 @@ def get_config(arg=None):
   c = config_lib.base_config(geometry)
   c.stage = 'ppo'
   c.mesh = config_lib.mesh_for(geometry)
-  c.data = config_lib.data_config(c.model.max_len)
+  c.data = config_lib.data_config(c.model.geometry)
   rm_geometry = '6b' if paper else geometry
   c.reward_model = config_lib.model_config_dict(rm_geometry)
   value_lr = (5e-6 if geometry == '175b' else 9e-6) if paper else MINI['value_lr']

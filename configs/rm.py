@@ -15,7 +15,7 @@ def get_config(arg=None):
   c = config_lib.base_config(rm_geometry)
   c.stage = 'rm'
   c.mesh = config_lib.mesh_for(rm_geometry)
-  c.data = config_lib.data_config(c.model.max_len)
+  c.data = config_lib.data_config(c.model.geometry)
   lr = 9e-6 if geometry in config_lib.PAPER_GEOMETRIES else MINI_LR
   c.optimizer = config_lib.optimizer_config(lr, schedule='cosine', final_lr_frac=0.1)
   c.batch_size = 64  # prompts

@@ -21,7 +21,7 @@ def get_config(arg=None):
   c.stage = 'sft'
   c.mesh = config_lib.mesh_for(geometry)
   c.model.resid_dropout = 0.2
-  c.data = config_lib.data_config(c.model.max_len)
+  c.data = config_lib.data_config(c.model.geometry)
   c.optimizer = config_lib.optimizer_config(lr, schedule='cosine', final_lr_frac=0.1)
   c.batch_size = batch
   c.epochs = 16

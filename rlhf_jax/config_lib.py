@@ -137,11 +137,18 @@ def optimizer_config(lr: float, schedule: str = 'cosine', final_lr_frac: float =
       warmup_start_frac=0.0))
 
 
-def data_config(seq_len: int) -> ml_collections.ConfigDict:
+CPU_PRESETS = ('tiny', 'small', 'llama-tiny', 'llama-small')
+# InstructGPT-mini prompts are at most ~64 tokens and demonstrations ~40 (see data/card.json),
+# so the CPU presets train on 128-token sequences instead of their full context.
+MINI_SEQ_LEN = 128
+
+
+def data_config(geometry: str) -> ml_collections.ConfigDict:
   """Lengths and sources. Empty paths mean the InstructGPT-mini world's files in <workdir>/data.
 
-  Paper (App. C preamble): prompts up to half the context, responses up to half.
+  Paper (App. C preamble): 2k context, prompts up to 1k tokens, responses up to 1k.
   """
+  seq_len = MINI_SEQ_LEN if geometry in CPU_PRESETS else GEOMETRIES[geometry].max_len
   return ml_collections.ConfigDict(dict(
       seq_len=seq_len, prompt_len=seq_len // 2, response_len=seq_len // 2,
       world_scale=0.05, tokenizer='', pretrain='', demonstrations='', rankings='', prompts=''))

@@ -3,6 +3,7 @@
 Parses and validates the config (before anything is compiled), then either describes the run
 (`--dry_run`) or runs the stage, producing any missing inputs first.
 """
+import pathlib
 import sys
 
 import jax
@@ -15,6 +16,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/ppo_ptx.py', 'Stage config file[:geometry].')
 flags.DEFINE_string('workdir', None, 'Run directory (overrides config.workdir).')
 flags.DEFINE_bool('dry_run', False, 'Validate and describe the run without allocating parameters.')
+flags.DEFINE_bool('force', False, 'Re-run the stage even if its folder is complete.')
 
 
 def describe(config) -> str:
@@ -47,7 +49,8 @@ def main(argv):
       print(describe(config))
       return
     from rlhf_jax import stages  # the training stack is imported only when something runs
-    stages.run(config)
+    config_dir = pathlib.Path(config_flags.get_config_filename(FLAGS['config'])).parent
+    stages.run(config, config_dir, force=FLAGS.force)
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

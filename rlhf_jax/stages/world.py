@@ -1,0 +1,83 @@
+"""The world stage: InstructGPT-mini datasets, tokenizer and data card in <workdir>/data."""
+import json
+import pathlib
+import shutil
+
+import ml_collections
+
+from rlhf_jax.data import records, tokenizers
+from rlhf_jax.world import build
+
+# Share of the SFT demonstrations and of the RM prompts held out for validation.
+VALID_FRACTION = 0.1
+
+
+def paths(data_dir: pathlib.Path) -> dict[str, pathlib.Path]:
+  """Every file the world writes, by role (the other stages read them through this)."""
+  files = {
+      'pretrain': 'pretrain.jsonl',
+      'pretrain_valid': 'pretrain_valid.jsonl',
+      'sft_train': 'demonstrations_sft_train.jsonl',
+      'sft_valid': 'demonstrations_sft_valid.jsonl',
+      'rm_demonstrations': 'demonstrations_rm.jsonl',
+      'prompts_sft_valid': 'prompts_sft_valid.jsonl',
+      'prompts_rm': 'prompts_rm.jsonl',
+      'prompts_rm_valid': 'prompts_rm_valid.jsonl',
+      'prompts_ppo': 'prompts_ppo.jsonl',
+      'prompts_test': 'prompts_test.jsonl',
+      'public_evals': 'public_evals.json',
+      'few_shot_prefix': 'few_shot_prefix.txt',
+      'tokenizer': 'tokenizer',
+      'card': 'card.json',
+  }
+  return {role: data_dir / name for role, name in files.items()}
+
+
+def _split(items: list, fraction: float) -> tuple[list, list]:
+  n_valid = max(1, round(len(items) * fraction))
+  return items[:-n_valid], items[-n_valid:]
+
+
+def run(config: ml_collections.ConfigDict, data_dir: pathlib.Path) -> dict:
+  """Builds the world from (seed, scale) and writes it; identical files for identical inputs."""
+  if data_dir.exists():
+    shutil.rmtree(data_dir)  # an incomplete earlier attempt (no summary.json)
+  data_dir.mkdir(parents=True)
+  p = paths(data_dir)
+  print(f'[world] building InstructGPT-mini (seed {config.seed}, scale '
+        f'{config.data.world_scale}) in {data_dir}', flush=True)
+  world = build.build_world(seed=config.seed, scale=config.data.world_scale)
+  sft_train, sft_valid = _split(world.demonstrations['sft'], VALID_FRACTION)
+  rm_train, rm_valid = _split(world.prompts['rm'], VALID_FRACTION)
+  writes = {
+      'pretrain': ('text', world.pretrain),
+      'pretrain_valid': ('text', world.evals['heldout_text']),
+      'sft_train': ('demonstrations', sft_train),
+      'sft_valid': ('demonstrations', sft_valid),
+      'rm_demonstrations': ('demonstrations', world.demonstrations['rm']),
+      'prompts_sft_valid': ('prompts', world.prompts['sft'][-len(sft_valid):]),
+      'prompts_rm': ('prompts', rm_train),
+      'prompts_rm_valid': ('prompts', rm_valid),
+      'prompts_ppo': ('prompts', world.prompts['ppo']),
+      'prompts_test': ('prompts', world.prompts['test']),
+  }
+  for role, (kind, recs) in writes.items():
+    records.write_records(p[role], kind, recs)
+  evals = {k: v for k, v in world.evals.items() if k != 'heldout_text'}
+  p['public_evals'].write_text(json.dumps(evals, sort_keys=True) + '\n')
+  p['few_shot_prefix'].write_text(world.few_shot_prefix)
+  texts = [r['text'] for r in world.pretrain] + [
+      d['prompt'] + ' ' + d['completion'] for d in world.demonstrations['sft']]
+  tok = tokenizers.train_sentencepiece(texts, vocab_size=config.data.tokenizer_vocab,
+                                       out_dir=p['tokenizer'])
+  data_card = build.card(world)
+  data_card['tokenizer'] = {'vocab_size': tok.vocab_size, 'pad_id': tok.pad_id,
+                            'eos_id': tok.eos_id, 'bos_id': tok.bos_id}
+  data_card['files'] = {role: path.name for role, path in p.items()}
+  p['card'].write_text(json.dumps(data_card, indent=2, sort_keys=True) + '\n')
+  print(f'[world] labeler agreement: train {data_card["labeler_agreement_train"]:.3f} '
+        f'(paper 0.726), held-out {data_card["labeler_agreement_heldout"]:.3f} (paper 0.773)',
+        flush=True)
+  return {'card': str(p['card']), 'tokenizer_vocab': tok.vocab_size,
+          'labeler_agreement_train': data_card['labeler_agreement_train'],
+          'labeler_agreement_heldout': data_card['labeler_agreement_heldout']}
