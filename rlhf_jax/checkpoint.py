@@ -1,0 +1,232 @@
+"""Checkpoints of a stage (orbax): sharded state, data-iterator positions, a geometry fingerprint.
+
+Layout of a stage folder:
+
+  <stage_dir>/checkpoints/<step>/state   the state pytree (orbax PyTree, sharded arrays)
+  <stage_dir>/checkpoints/<step>/meta    JSON: step, fingerprint (model geometry and head per role)
+  <stage_dir>/checkpoints/<step>/data_i  grain iterator position of dataset i, one file per process
+  <stage_dir>/summary.json               written last: only a stage with it is complete
+
+A checkpoint is restored only into a config with the same fingerprint, and every array's shape
+is checked against the target before any is read, so a wrong geometry is a one-line
+`CheckpointMismatch` naming the checkpoint and the field, never a shape traceback.
+"""
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain.checkpoint as grain_checkpoint
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = 'checkpoints'
+SUMMARY_FILE = 'summary.json'
+STATE, META = 'state', 'meta'
+# ModelConfig fields that decide parameter shapes and structure. Dropout, dtype, remat and
+# rotary constants may change between runs without invalidating a checkpoint.
+GEOMETRY_FIELDS = ('vocab_size', 'n_layers', 'd_model', 'n_heads', 'kv_heads', 'd_head', 'd_ff',
+                   'max_len', 'norm', 'positions', 'mlp', 'use_bias', 'qkv_bias', 'tie_embeddings')
+
+
+class CheckpointMismatch(ValueError):
+  """A checkpoint that does not fit the config; the message is one line naming path and field."""
+
+
+def fingerprint(roles: Mapping[str, tuple[Any, str]]) -> dict[str, Any]:
+  """{'<role>.head': head, '<role>.<field>': value} for config_lib.model_roles(config)."""
+  out = {}
+  for role, (model, head) in sorted(roles.items()):
+    out[f'{role}.head'] = head
+    out.update({f'{role}.{name}': getattr(model, name) for name in GEOMETRY_FIELDS})
+  return out
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying shardings: the restore target, so arrays land sharded.
+
+  `shardings` matches `abstract` or is a prefix of it (one sharding for a whole subtree).
+  """
+  def attach(sharding, subtree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        subtree)
+  return jax.tree.map(attach, shardings, abstract,
+                      is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+
+
+def _path_str(path: tuple) -> str:
+  """'params/decoder/w' for any key path (dataclass fields, dict keys, tuple indices)."""
+  names = (getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+  return '/'.join(str(n) for n in names)
+
+
+def _check_shapes(directory: str, stored: Any, target: Any, *, partial: bool) -> None:
+  """Raises CheckpointMismatch unless `stored` metadata holds every target array, same shape.
+
+  Unless `partial`, the checkpoint must also hold no array the target lacks.
+  """
+  shapes = {_path_str(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(stored)}
+  names = [_path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(target)]
+  extra = sorted(set(shapes) - set(names))
+  if extra and not partial:
+    raise CheckpointMismatch(f'{directory}: has array {extra[0]} that the config\'s state lacks; '
+                             'it was written by a different model or state layout')
+  for name, leaf in zip(names, jax.tree.leaves(target)):
+    if name not in shapes:
+      raise CheckpointMismatch(f'{directory}: has no array {name}; it was written by a different '
+                               'model or state layout')
+    if shapes[name] != tuple(leaf.shape):
+      raise CheckpointMismatch(f'{directory}: {name} has shape {shapes[name]}, the config needs '
+                               f'{tuple(leaf.shape)}')
+
+
+def _check_fingerprint(directory: str, stored: Mapping[str, Any],
+                       expected: Mapping[str, Any]) -> None:
+  for key in sorted(set(stored) | set(expected)):
+    if stored.get(key) != expected.get(key):
+      raise CheckpointMismatch(f'{directory}: checkpoint has {key}={stored.get(key)!r}, the '
+                               f'config has {key}={expected.get(key)!r}; use a fresh workdir '
+                               'or the original config')
+
+
+def _manager(directory: str, num_data: int, keep: int | None = None, read_only: bool = False):
+  handlers = {STATE: ocp.PyTreeCheckpointHandler(), META: ocp.JsonCheckpointHandler()}
+  handlers.update({f'data_{i}': grain_checkpoint.CheckpointHandler() for i in range(num_data)})
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, read_only=read_only,
+                                         create=not read_only)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
+
+
+def _restore_tree(manager, step: int, directory: str, target: Any, *, partial: bool) -> Any:
+  """Restores `target`'s arrays (ShapeDtypeStructs with shardings) after checking shapes."""
+  _check_shapes(directory, manager.item_metadata(step)[STATE].tree, target, partial=partial)
+  restore = ocp.args.PyTreeRestore(target, partial_restore=partial,
+                                   restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+  return manager.restore(step, args=ocp.args.Composite(**{STATE: restore}))[STATE]
+
+
+@dataclasses.dataclass
+class Checkpointer:
+  """Saves and restores one stage's state and data positions (async saves, keeps `keep`).
+
+  All processes call every method (orbax coordinates them); each process saves and restores its
+  own data-iterator positions.
+
+  Attributes:
+    stage_dir: the stage's folder; checkpoints go to <stage_dir>/checkpoints.
+    fingerprint: `fingerprint(roles)` of the running config, stored and checked on restore.
+    keep: how many checkpoints to keep (oldest deleted first).
+    num_data: how many data iterators each checkpoint holds.
+  """
+  stage_dir: str
+  fingerprint: Mapping[str, Any]
+  keep: int = 3
+  num_data: int = 1
+
+  def __post_init__(self):
+    self.directory = os.path.join(self.stage_dir, CHECKPOINT_DIR)
+    self._manager = _manager(self.directory, self.num_data, self.keep)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, iterators: Sequence[Any] = ()) -> None:
+    """Starts an asynchronous save; the arrays are copied off the devices before it returns."""
+    if step == self.latest_step():
+      return
+    items = {STATE: ocp.args.PyTreeSave(state),
+             META: ocp.args.JsonSave({'step': step, 'fingerprint': dict(self.fingerprint)})}
+    items.update({f'data_{i}': grain_checkpoint.CheckpointSave(it)
+                  for i, it in enumerate(iterators)})
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, abstract_state: Any, iterators: Sequence[Any] = (),
+              step: int | None = None) -> tuple[Any, int]:
+    """Restores (state, step) from `step` (default latest) and repositions `iterators`.
+
+    Args:
+      abstract_state: the target, ShapeDtypeStructs with shardings (`with_shardings`).
+      iterators: fresh grain DatasetIterators of the same datasets, set in place.
+      step: which checkpoint; None for the latest.
+
+    Raises:
+      CheckpointMismatch: the checkpoint's fingerprint or array shapes differ from the config.
+      FileNotFoundError: there is no checkpoint.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    path = os.path.join(self.directory, str(step))
+    meta = self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+    _check_fingerprint(path, meta[META]['fingerprint'], self.fingerprint)
+    state = _restore_tree(self._manager, step, path, abstract_state, partial=False)
+    if iterators:
+      self._manager.restore(step, args=ocp.args.Composite(**{
+          f'data_{i}': grain_checkpoint.CheckpointRestore(it) for i, it in enumerate(iterators)}))
+    return state, step
+
+  def wait(self) -> None:
+    """Blocks until the last save is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def load_params(stage_dir: str, abstract_params: Any, shardings: Any = None, *,
+                field: str = 'params', fingerprint: Mapping[str, Any] | None = None) -> Any:
+  """Another stage's final parameters (e.g. SFT's, to initialise the reward model).
+
+  Only `state.<field>` is read, straight into its sharded layout: optimizer moments are never
+  loaded. The checkpoint is the one summary.json names under 'checkpoint_step', else the latest.
+
+  Args:
+    stage_dir: the completed stage's folder.
+    abstract_params: the target tree (ShapeDtypeStructs), e.g. state.abstract_params(...).
+    shardings: NamedShardings for it; None keeps the target's own `.sharding`.
+    field: which field of the saved state holds the parameters.
+    fingerprint: if given, the checkpoint's fingerprint entries of the same keys must match.
+
+  Raises:
+    FileNotFoundError: the stage is not complete.
+    CheckpointMismatch: the checkpoint does not fit the target.
+  """
+  summary = read_summary(stage_dir)
+  if summary is None:
+    raise FileNotFoundError(f'{stage_dir}: stage not complete (no {SUMMARY_FILE})')
+  directory = os.path.join(stage_dir, CHECKPOINT_DIR)
+  manager = _manager(directory, num_data=0, read_only=True)
+  step = summary.get('checkpoint_step', manager.latest_step())
+  path = os.path.join(directory, str(step))
+  if fingerprint is not None:
+    meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+    stored = meta[META]['fingerprint']
+    _check_fingerprint(path, {k: stored.get(k) for k in fingerprint}, fingerprint)
+  target = abstract_params if shardings is None else with_shardings(abstract_params, shardings)
+  params = _restore_tree(manager, step, path, {field: target}, partial=True)[field]
+  manager.close()
+  return params
+
+
+def write_summary(stage_dir: str, summary: Mapping[str, Any]) -> None:
+  """Marks the stage complete (process 0 writes; atomic, so a crash never leaves half a file)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(stage_dir, SUMMARY_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(dict(summary), f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
+
+
+def read_summary(stage_dir: str) -> dict[str, Any] | None:
+  """The stage's summary.json, or None when the stage is not complete."""
+  path = os.path.join(stage_dir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def is_complete(stage_dir: str) -> bool:
+  return os.path.exists(os.path.join(stage_dir, SUMMARY_FILE))

@@ -1,0 +1,191 @@
+"""Metric names and writers: metrics.jsonl, TensorBoard event files, optional W&B, console progress.
+
+Names follow lm-human-preferences (DESIGN.md, "Metric names"): `sft/loss`, `rm/loss`,
+`rm/accuracy`, `objective/kl`, `ppo/policy/clipfrac`, ..., `ptx/loss`. Names under `perf/` and
+`time/` measure wall-clock time, so they differ between two runs of the same command: they go to
+`<stage_dir>/perf.jsonl` (and TensorBoard, W&B), never to `<stage_dir>/metrics.jsonl`, which holds
+only what the computation determines and is therefore identical between an interrupted-and-resumed
+run and an uninterrupted one.
+
+Both JSONL files hold one object per logged step, `{"step": n, name: float, ...}`. On resume from
+step n the lines with step > n are dropped first (they were written after the checkpoint that is
+being resumed and will be written again). Only process 0 writes anything.
+"""
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import jax
+import numpy as np
+
+TIMING_PREFIXES = ('perf/', 'time/')
+METRICS_FILE = 'metrics.jsonl'
+PERF_FILE = 'perf.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
+
+# Dense bf16 peak FLOP/s per device, for perf/mfu; matched as a prefix of jax's device_kind.
+PEAK_FLOPS = {
+    'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12,
+    'TPU v6 lite': 918e12, 'TPU v6e': 918e12, 'NVIDIA H100': 989e12, 'NVIDIA H200': 989e12,
+    'NVIDIA A100': 312e12, 'NVIDIA B200': 2250e12,
+}
+
+
+def is_timing(name: str) -> bool:
+  """True for wall-clock metrics, which differ from run to run."""
+  return name.startswith(TIMING_PREFIXES)
+
+
+def peak_flops(device: Any = None) -> float | None:
+  """Peak bf16 FLOP/s of one device (default: the first), None when unknown (e.g. CPU)."""
+  kind = (device or jax.devices()[0]).device_kind
+  return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
+
+
+def to_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+  """Host floats from scalar arrays or numbers; raises ValueError naming a non-scalar metric."""
+  out = {}
+  for name, value in metrics.items():
+    value = np.asarray(value)
+    if value.size != 1:
+      raise ValueError(f'metric {name!r} has shape {value.shape}; metrics must be scalars')
+    out[name] = float(value.reshape(()))
+  return out
+
+
+def _is_writer() -> bool:
+  return jax.process_index() == 0
+
+
+class JsonlLog:
+  """Appends `{"step": n, ...}` lines to one file, after dropping lines past `resume_step`."""
+
+  def __init__(self, path: str, resume_step: int):
+    self.path = path
+    if os.path.exists(path):
+      with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
+      # Rewritten through a temporary file so a crash here cannot leave a half-written log.
+      with open(path + '.tmp', 'w') as f:
+        f.writelines(kept)
+      os.replace(path + '.tmp', path)
+    self._file = open(path, 'a')
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if scalars:
+      self._file.write(json.dumps({'step': step, **scalars}) + '\n')
+      # Flushed per line: the lines must be on disk before the checkpoint that follows them.
+      self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+class Writer:
+  """All metric sinks of one stage: metrics.jsonl, perf.jsonl, TensorBoard, W&B (optional).
+
+  Args:
+    stage_dir: the stage's folder, e.g. <workdir>/sft.
+    resume_step: the step the run restarts from (0 for a fresh run): later lines are dropped
+      and TensorBoard is told to purge its later events.
+    wandb_project: a W&B project name to also log there; None (or wandb not installed) skips it.
+    config: a dict stored with the W&B run.
+  """
+
+  def __init__(self, stage_dir: str, resume_step: int = 0, *, wandb_project: str | None = None,
+               config: Mapping[str, Any] | None = None):
+    self._active = _is_writer()
+    if not self._active:
+      return
+    os.makedirs(stage_dir, exist_ok=True)
+    self._metrics = JsonlLog(os.path.join(stage_dir, METRICS_FILE), resume_step)
+    self._perf = JsonlLog(os.path.join(stage_dir, PERF_FILE), resume_step)
+    import tensorboardX  # pylint: disable=g-import-not-at-top  # only process 0 needs it
+    self._tb = tensorboardX.SummaryWriter(os.path.join(stage_dir, TENSORBOARD_DIR),
+                                          purge_step=resume_step + 1, flush_secs=30)
+    self._wandb = _start_wandb(stage_dir, wandb_project, config) if wandb_project else None
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    """Logs the scalar metrics of one step (device arrays are fetched here)."""
+    if not self._active or not metrics:
+      return
+    scalars = to_scalars(jax.device_get(dict(metrics)))
+    self._metrics.write(step, {k: v for k, v in scalars.items() if not is_timing(k)})
+    self._perf.write(step, {k: v for k, v in scalars.items() if is_timing(k)})
+    for name, value in scalars.items():
+      self._tb.add_scalar(name, value, step)
+    if self._wandb is not None:
+      self._wandb.log(scalars, step=step)
+
+  def close(self) -> None:
+    if not self._active:
+      return
+    self._metrics.close()
+    self._perf.close()
+    self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+
+
+def _start_wandb(stage_dir: str, project: str, config: Mapping[str, Any] | None):
+  """A W&B run that resumes the stage's previous one (its id is kept in the stage folder)."""
+  try:
+    import wandb  # pylint: disable=g-import-not-at-top  # optional dependency
+  except ImportError:
+    print('metrics: wandb is not installed; logging to TensorBoard and JSONL only',
+          file=sys.stderr)
+    return None
+  id_file = os.path.join(stage_dir, 'wandb_id')
+  if not os.path.exists(id_file):
+    with open(id_file, 'w') as f:
+      f.write(wandb.util.generate_id())
+  with open(id_file) as f:
+    run_id = f.read().strip()
+  return wandb.init(project=project, id=run_id, resume='allow', dir=stage_dir,
+                    name=os.path.basename(os.path.normpath(stage_dir)), config=dict(config or {}))
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+
+
+class Progress:
+  """Console progress: step/total, loss, tokens/s, ETA.
+
+  On a terminal one line is rewritten in place; otherwise (log files, CI) a plain line is
+  printed on each update, which the loop calls once per logged step.
+  """
+
+  def __init__(self, total_steps: int, start_step: int = 0, stream: TextIO | None = None):
+    self.total = total_steps
+    self.stream = stream or sys.stderr
+    self._active = _is_writer()
+    self._tty = self.stream.isatty()
+    self._start = (start_step, time.perf_counter())
+
+  def update(self, step: int, loss: float | None = None, tokens_per_sec: float | None = None):
+    if not self._active:
+      return
+    parts = [f'step {step}/{self.total}']
+    if loss is not None:
+      parts.append(f'loss {loss:.4f}' if math.isfinite(loss) else f'loss {loss}')
+    if tokens_per_sec is not None:
+      parts.append(f'{tokens_per_sec:,.0f} tokens/s')
+    start_step, start_time = self._start
+    if step > start_step:
+      rate = (step - start_step) / (time.perf_counter() - start_time)
+      parts.append(f'ETA {_duration((self.total - step) / rate)}')
+    line = '  '.join(parts)
+    self.stream.write(f'\r\033[K{line}' if self._tty else line + '\n')
+    self.stream.flush()
+
+  def close(self) -> None:
+    if self._active and self._tty:
+      self.stream.write('\n')
+      self.stream.flush()

@@ -1,0 +1,84 @@
+"""Metric writers: JSONL split and resume truncation, TensorBoard files, progress display."""
+import io
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from rlhf_jax import metrics
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_writer_splits_deterministic_and_timing_metrics(tmp_path):
+  writer = metrics.Writer(str(tmp_path))
+  writer.write(1, {'sft/loss': jnp.float32(2.5), 'perf/tokens_per_sec': 100.0,
+                   'time/train': 0.5})
+  writer.write(2, {'sft/loss': 2.0})
+  writer.close()
+  assert read_jsonl(tmp_path / 'metrics.jsonl') == [{'step': 1, 'sft/loss': 2.5},
+                                                    {'step': 2, 'sft/loss': 2.0}]
+  assert read_jsonl(tmp_path / 'perf.jsonl') == [
+      {'step': 1, 'perf/tokens_per_sec': 100.0, 'time/train': 0.5}]
+  events = list((tmp_path / 'tensorboard').iterdir())
+  assert events and events[0].name.startswith('events.out.tfevents')
+
+
+def test_resume_drops_lines_after_restored_step(tmp_path):
+  writer = metrics.Writer(str(tmp_path))
+  for step in range(1, 6):
+    writer.write(step, {'rm/loss': float(step)})
+  writer.close()
+  writer = metrics.Writer(str(tmp_path), resume_step=3)
+  writer.write(4, {'rm/loss': 40.0})
+  writer.close()
+  assert read_jsonl(tmp_path / 'metrics.jsonl') == [
+      {'step': 1, 'rm/loss': 1.0}, {'step': 2, 'rm/loss': 2.0}, {'step': 3, 'rm/loss': 3.0},
+      {'step': 4, 'rm/loss': 40.0}]
+
+
+def test_only_process_zero_writes(tmp_path, monkeypatch):
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  writer = metrics.Writer(str(tmp_path / 'stage'))
+  writer.write(1, {'sft/loss': 1.0})
+  writer.close()
+  assert not (tmp_path / 'stage').exists()
+
+
+def test_non_scalar_metric_named():
+  with pytest.raises(ValueError, match="'ppo/val/vpred' has shape"):
+    metrics.to_scalars({'ppo/val/vpred': jnp.zeros(3)})
+
+
+def test_progress_plain_lines_off_a_terminal():
+  stream = io.StringIO()
+  progress = metrics.Progress(100, stream=stream)
+  progress.update(10, loss=1.23456, tokens_per_sec=4096.0)
+  progress.update(20, loss=float('nan'))
+  progress.close()
+  lines = stream.getvalue().splitlines()
+  assert lines[0].startswith('step 10/100  loss 1.2346  4,096 tokens/s  ETA ')
+  assert lines[1].startswith('step 20/100  loss nan')
+
+
+def test_progress_rewrites_one_line_on_a_terminal():
+  class Tty(io.StringIO):
+    def isatty(self):
+      return True
+  stream = Tty()
+  progress = metrics.Progress(10, stream=stream)
+  progress.update(1, loss=1.0)
+  progress.update(2, loss=0.5)
+  progress.close()
+  assert stream.getvalue().count('\r') == 2 and stream.getvalue().endswith('\n')
+  assert stream.getvalue().count('\n') == 1
+
+
+def test_metric_name_helpers():
+  assert metrics.is_timing('perf/mfu') and metrics.is_timing('time/generate')
+  assert not metrics.is_timing('objective/kl')
+  assert metrics.peak_flops() is None  # fake CPU devices
