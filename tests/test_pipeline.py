@@ -206,3 +206,20 @@ def test_reads_jsonl_paths(tmp_path, tok, sources):
   records.write_records(path, 'demonstrations', sources['demonstrations'])
   assert_same(batches('demonstrations', str(path), tok),
               batches('demonstrations', sources['demonstrations'], tok))
+
+
+def test_concat_batches_joins_rows_and_resumes(tok, sources):
+  demos = pipeline.make_dataset('demonstrations', sources['demonstrations'], tok, batch_size=3,
+                                seq_len=32, seed=0)
+  text = pipeline.make_dataset('text', sources['text'], tok, batch_size=1, seq_len=32, seed=0)
+  mixed = iter(pipeline.ConcatBatches([demos, text]))
+  first = next(mixed)
+  state = json.loads(json.dumps(mixed.get_state()))
+  expected = [next(mixed) for _ in range(2)]
+  resumed = iter(pipeline.ConcatBatches([demos, text]))
+  resumed.set_state(state)
+  assert_same([next(resumed) for _ in expected], expected)
+  alone_demo, alone_text = next(iter(demos)), next(iter(text))
+  assert first['tokens'].shape == (4, 32)
+  np.testing.assert_array_equal(first['tokens'][:3], alone_demo['tokens'])
+  np.testing.assert_array_equal(first['tokens'][3:], alone_text['tokens'])

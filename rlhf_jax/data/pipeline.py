@@ -253,3 +253,30 @@ def batch_spec(kind: str, *, batch_size: int, seq_len: int, prompt_len: int | No
   specs['demonstrations'] = specs['text']
   return {name: jax.ShapeDtypeStruct(*shape_dtype)
           for name, shape_dtype in specs[kind].items()}
+
+
+class _ConcatBatchesIterator(grain.DatasetIterator):
+  """Next batch of every parent, concatenated along the batch axis; state = the parents' states."""
+
+  def __next__(self) -> dict:
+    parts = [next(parent) for parent in self._parents]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+  def get_state(self) -> dict:
+    return {'parents': [parent.get_state() for parent in self._parents]}
+
+  def set_state(self, state: dict) -> None:
+    for parent, parent_state in zip(self._parents, state['parents']):
+      parent.set_state(parent_state)
+
+
+class ConcatBatches(grain.IterDataset):
+  """Batches with the same fields from several datasets, joined row-wise into one batch.
+
+  This is how a fixed share of pretraining rows is mixed into every SFT batch (paper App. C.3:
+  "we also mix in 10% pretraining data"): e.g. 29 demonstration rows + 3 text rows per step.
+  Resuming restores every parent's position.
+  """
+
+  def __iter__(self) -> _ConcatBatchesIterator:
+    return _ConcatBatchesIterator([iter(parent) for parent in self.parents])

@@ -24,7 +24,8 @@ class ModelConfig:
     rope_theta: rotary base frequency.
     rope_scaling: None, ('linear', factor) or ('llama3', factor, low_freq_factor,
       high_freq_factor, original_max_len): context-extension schemes of the Llama family.
-    mlp: 'gelu' (two matrices, GPT-3/NeoX) or 'swiglu' (three matrices, Llama).
+    mlp: 'gelu' (two matrices, tanh-approximate GELU: GPT-2/3), 'gelu_exact' (erf GELU:
+      GPT-NeoX/Pythia) or 'swiglu' (three matrices, Llama).
     use_bias: biases on every dense layer (GPT-3, NeoX).
     qkv_bias: biases on the query/key/value projections only (Qwen2); implied by use_bias.
     parallel_residual: attention and MLP read the same input and are summed (NeoX).
@@ -51,7 +52,7 @@ class ModelConfig:
   rotary_pct: float = 1.0
   rope_theta: float = 10000.0
   rope_scaling: Optional[tuple] = None
-  mlp: Literal['gelu', 'swiglu'] = 'gelu'
+  mlp: Literal['gelu', 'gelu_exact', 'swiglu'] = 'gelu'
   use_bias: bool = True
   qkv_bias: bool = False
   parallel_residual: bool = False

@@ -185,7 +185,8 @@ class Mlp(nn.Module):
       gate = self._dense(x, c.d_ff, ('embed', 'mlp'), 'wi_gate')
       h = nn.silu(gate) * self._dense(x, c.d_ff, ('embed', 'mlp'), 'wi_up')
     else:
-      h = nn.gelu(self._dense(x, c.d_ff, ('embed', 'mlp'), 'wi'), approximate=True)
+      # GPT-2/3 use the tanh approximation; GPT-NeoX/Pythia the exact erf form.
+      h = nn.gelu(self._dense(x, c.d_ff, ('embed', 'mlp'), 'wi'), approximate=c.mlp == 'gelu')
     return self._dense(constrain(h, act), c.d_model, ('mlp', 'embed'), 'wo', _resid_std(c))
 
 
