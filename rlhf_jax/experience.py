@@ -1,0 +1,266 @@
+"""PPO rollouts: sample responses, score them, and turn the scores into advantages.
+
+`make_experience` is the generate + score phase of one PPO iteration (InstructGPT section 3.5,
+App. C.4): the policy answers a batch of prompts, the reward model scores each answer, the
+reference (sft_init) policy supplies the per-token KL penalty and the value model the baselines
+for GAE. Everything is a pure, static-shape function of its inputs; `ppo.ppo_step` consumes the
+resulting `Experience`. Shapes: B episodes, P prompt length (left-padded), N response length
+(right-padded after EOS), V vocabulary.
+"""
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlhf_jax import losses, rl_math, sampling
+from rlhf_jax.models import LanguageModel, ModelConfig, ScalarModel, last_token_value
+
+Metrics = dict[str, jax.Array]
+# score_fn(tokens [B, P + N], mask [B, P + N]) -> raw scores [B]; replaces the reward model.
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOSettings:
+  """Static settings of make_experience and ppo_step (hashable; bind with functools.partial).
+
+  Build it from a stage config with `ppo.settings_from_config`; the fields mirror the config's.
+
+  Attributes:
+    policy_model: geometry of the policy and of the reference policy.
+    reward_model: geometry of the reward model and of the value model initialised from it.
+    policy_tx, value_tx: the two optimizers (paper C.4: the value model has its own lr).
+    policy_lr, value_lr: their learning-rate schedules, indexed by optimizer step (for metrics).
+    response_len: N, tokens sampled per response.
+    eos_id: the stop token; None samples exactly N tokens and never applies `no_eos_penalty`.
+    pad_id: written after EOS.
+    batch_size: episodes per iteration (paper 512).
+    minibatch_size: episodes per optimizer step (paper 64).
+    ppo_epochs: passes over the rollout batch per iteration (paper 1).
+    temperature: sampling temperature; log-probs use logits / temperature (paper 1).
+    kl_target: > 0 switches on the adaptive KL controller of lm-human-preferences.
+    kl_horizon: its horizon, in episodes.
+    ptx_coef: gamma of PPO-ptx (paper 27.8); 0 skips the pretraining term entirely.
+    clip, value_clip: PPO ratio clip and value clip (0.2 each).
+    gae_gamma, gae_lambda: GAE discount (paper 1) and lambda.
+    whiten_rewards: scale-only whitening of the shaped rewards over the rollout batch.
+    whiten_advantages: zero-mean unit-variance advantages over the rollout batch.
+    no_eos_penalty: the score of a response that never emits EOS.
+    ema_decay: policy EMA decay (paper 0.992).
+    score_fn: optional stand-in for the reward model (toy rewards in tests and experiments).
+  """
+  policy_model: ModelConfig
+  reward_model: ModelConfig
+  policy_tx: optax.GradientTransformation
+  value_tx: optax.GradientTransformation
+  policy_lr: optax.Schedule
+  value_lr: optax.Schedule
+  response_len: int
+  eos_id: Optional[int]
+  pad_id: int
+  batch_size: int
+  minibatch_size: int
+  ppo_epochs: int = 1
+  temperature: float = 1.0
+  kl_target: float = 0.0
+  kl_horizon: float = 10_000.0
+  ptx_coef: float = 0.0
+  clip: float = 0.2
+  value_clip: float = 0.2
+  gae_gamma: float = 1.0
+  gae_lambda: float = 0.95
+  whiten_rewards: bool = False
+  whiten_advantages: bool = True
+  no_eos_penalty: float = -1.0
+  ema_decay: float = rl_math.EMA_DECAY
+  score_fn: Optional[ScoreFn] = None
+
+  @property
+  def n_minibatches(self) -> int:
+    return self.batch_size // self.minibatch_size
+
+  @property
+  def updates_per_iteration(self) -> int:
+    """Optimizer steps per PPO iteration (paper: 8 minibatches x 1 epoch)."""
+    return self.n_minibatches * self.ppo_epochs
+
+
+@flax.struct.dataclass
+class Frozen:
+  """Models PPO reads but never trains (never donated).
+
+  Attributes:
+    reference_params: the sft_init LanguageModel, the KL reference.
+    reward_params: the reward ScalarModel.
+    reward_bias: [] the RM normalisation bias, subtracted from every raw score (so that
+      demonstrations score 0 on average).
+  """
+  reference_params: Any
+  reward_params: Any
+  reward_bias: jax.Array
+
+
+@flax.struct.dataclass
+class Experience:
+  """One rollout batch; every field has the episode axis first, so minibatches are tree slices.
+
+  Attributes:
+    prompt_tokens, prompt_mask: [B, P] left-padded prompts.
+    response_tokens, response_mask: [B, N] responses; mask True up to and including EOS.
+    logprobs: [B, N] policy log-probs at rollout time (the PPO ratio's denominator), 0 on padding.
+    ref_logprobs: [B, N] reference log-probs of the same tokens, 0 on padding.
+    values: [B, N] value-model predictions V(s_t) before token t, 0 on padding.
+    rewards: [B, N] KL-shaped (optionally whitened) rewards.
+    advantages: [B, N] GAE advantages (optionally whitened).
+    returns: [B, N] GAE returns (advantages before whitening + values): value targets.
+    scores: [B] reward-model scores after bias and EOS penalty.
+  """
+  prompt_tokens: jax.Array
+  prompt_mask: jax.Array
+  response_tokens: jax.Array
+  response_mask: jax.Array
+  logprobs: jax.Array
+  ref_logprobs: jax.Array
+  values: jax.Array
+  rewards: jax.Array
+  advantages: jax.Array
+  returns: jax.Array
+  scores: jax.Array
+
+  def sequences(self) -> tuple[jax.Array, jax.Array]:
+    """Prompt + response: tokens [B, P + N], mask [B, P + N]."""
+    return (jnp.concatenate([self.prompt_tokens, self.response_tokens], axis=1),
+            jnp.concatenate([self.prompt_mask, self.response_mask], axis=1))
+
+
+def response_logprobs(params: Any, config: ModelConfig, tokens: jax.Array, mask: jax.Array,
+                      prompt_len: int, temperature: float) -> tuple[jax.Array, jax.Array]:
+  """Log-probs of the response tokens from one full forward pass over prompt + response.
+
+  The one place PPO turns policy logits into log-probs, so that rollout-time and update-time
+  log-probs are computed identically (the ratio is exactly 1 before the first update).
+
+  Args:
+    params: LanguageModel params.
+    config: its geometry.
+    tokens: [B, P + N] prompt + response.
+    mask: [B, P + N] bool.
+    prompt_len: P.
+    temperature: logits are divided by it, as at sampling time (lm-human-preferences).
+
+  Returns:
+    (logprobs [B, N] float32, scaled logits [B, N, V] float32 that predicted them).
+  """
+  logits = LanguageModel(config).apply({'params': params}, tokens, mask)
+  # Position t predicts token t + 1: the response is predicted from P - 1 to the second-to-last.
+  logits = logits[:, prompt_len - 1:-1] / temperature
+  return losses.token_logprobs(logits, tokens[:, prompt_len:]), logits
+
+
+def response_values(params: Any, config: ModelConfig, tokens: jax.Array, mask: jax.Array,
+                    prompt_len: int) -> jax.Array:
+  """Value of the state before each response token: [B, P + N] -> [B, N].
+
+  As lm-human-preferences `values[:, context_length-1:-1]`: the value for token t is read where
+  the model has seen everything up to token t - 1.
+  """
+  values = ScalarModel(config).apply({'params': params}, tokens, mask)
+  return values[:, prompt_len - 1:-1]
+
+
+def score_responses(frozen: Frozen, tokens: jax.Array, mask: jax.Array,
+                    response_tokens: jax.Array, response_mask: jax.Array,
+                    settings: PPOSettings) -> jax.Array:
+  """Reward-model scores minus the bias; a response without EOS gets `no_eos_penalty`.
+
+  Args:
+    frozen: holds the reward model and its bias.
+    tokens, mask: [B, P + N] prompt + response up to and including EOS (the RM reads the last
+      real token, which is EOS for a finished response, as in RM training).
+    response_tokens, response_mask: [B, N].
+    settings: static settings.
+
+  Returns:
+    [B] float32 scores.
+  """
+  if settings.score_fn is None:
+    values = ScalarModel(settings.reward_model).apply({'params': frozen.reward_params}, tokens,
+                                                      mask)
+    raw = last_token_value(values, mask)
+  else:
+    raw = settings.score_fn(tokens, mask)
+  scores = raw.astype(jnp.float32) - frozen.reward_bias
+  if settings.eos_id is None:
+    return scores
+  ended = jnp.any(response_mask & (response_tokens == settings.eos_id), axis=1)
+  return jnp.where(ended, scores, settings.no_eos_penalty)
+
+
+def make_experience(state: Any, frozen: Frozen, prompts: dict[str, jax.Array], rng: jax.Array, *,
+                    settings: PPOSettings) -> tuple[Experience, Metrics]:
+  """Samples one rollout batch and computes everything ppo_step needs.
+
+  Args:
+    state: a `ppo.PPOState` (reads policy.params, value.params, kl_coef).
+    frozen: reference policy and reward model.
+    prompts: PromptBatch with 'tokens' [B, P] int32 (left-padded) and 'mask' [B, P] bool.
+    rng: PRNG key of the sampler.
+    settings: static settings.
+
+  Returns:
+    (experience, metrics); metrics are scalars named as lm-human-preferences.
+  """
+  prompt_tokens, prompt_mask = prompts['tokens'], prompts['mask'].astype(bool)
+  p = prompt_tokens.shape[1]
+  sample = sampling.sample(
+      state.policy.params, settings.policy_model, prompt_tokens, prompt_mask, rng,
+      max_new_tokens=settings.response_len, temperature=settings.temperature,
+      eos_id=settings.eos_id, pad_id=settings.pad_id)
+  r_tokens, r_mask = sample.tokens, sample.mask
+  tokens = jnp.concatenate([prompt_tokens, r_tokens], axis=1)
+  mask = jnp.concatenate([prompt_mask, r_mask], axis=1)
+  t = settings.temperature
+  logprobs, _ = response_logprobs(state.policy.params, settings.policy_model, tokens, mask, p, t)
+  ref_logprobs, _ = response_logprobs(frozen.reference_params, settings.policy_model, tokens,
+                                      mask, p, t)
+  logprobs, ref_logprobs = (jnp.where(r_mask, x, 0) for x in (logprobs, ref_logprobs))
+  values = jnp.where(r_mask, response_values(state.value.params, settings.reward_model, tokens,
+                                             mask, p), 0)
+  scores = score_responses(frozen, tokens, mask, r_tokens, r_mask, settings)
+  rewards, kl = rl_math.kl_shaped_rewards(logprobs, ref_logprobs, scores, r_mask, state.kl_coef)
+  if settings.whiten_rewards:
+    rewards = rl_math.masked_whiten(rewards, r_mask, shift_mean=False)
+  advantages, returns = rl_math.gae(rewards, values, r_mask, settings.gae_gamma,
+                                    settings.gae_lambda)
+  if settings.whiten_advantages:
+    advantages = rl_math.masked_whiten(advantages, r_mask)
+  exp = Experience(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, response_tokens=r_tokens,
+                   response_mask=r_mask, logprobs=logprobs, ref_logprobs=ref_logprobs,
+                   values=values, rewards=rewards, advantages=advantages, returns=returns,
+                   scores=scores)
+  return exp, _rollout_metrics(exp, kl, state.kl_coef, settings)
+
+
+def _rollout_metrics(exp: Experience, kl: jax.Array, kl_coef: jax.Array,
+                     settings: PPOSettings) -> Metrics:
+  """Batch means of the rollout (lm-human-preferences `objective/*` names)."""
+  kl_per_episode = jnp.sum(kl, axis=1)  # [B]; kl is already 0 on padding
+  lengths = jnp.sum(exp.response_mask, axis=1).astype(jnp.float32)
+  metrics = {
+      'objective/kl': jnp.mean(kl_per_episode),
+      'objective/kl_coef': jnp.asarray(kl_coef, jnp.float32),
+      'objective/scores': jnp.mean(exp.scores),
+      'objective/score_total': jnp.mean(exp.scores - kl_coef * kl_per_episode),
+      # Summed -log p of the sampled response: a one-sample estimate of its entropy.
+      'objective/entropy': jnp.mean(-jnp.sum(exp.logprobs, axis=1)),
+      'ppo/returns/mean': rl_math.masked_mean(exp.returns, exp.response_mask),
+      'ppo/returns/var': rl_math.masked_var(exp.returns, exp.response_mask),
+      'response/length': jnp.mean(lengths),
+  }
+  if settings.eos_id is not None:
+    ended = jnp.any(exp.response_mask & (exp.response_tokens == settings.eos_id), axis=1)
+    metrics['response/eos_frac'] = jnp.mean(ended.astype(jnp.float32))
+  return metrics
