@@ -1,0 +1,262 @@
+"""Hugging Face import / export: parity with transformers on tiny random models of each family."""
+import io
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tokenizers
+import torch
+import transformers
+from safetensors.numpy import load_file, save_file
+
+from rlhf_jax import checkpoint, config_lib, hf, sampling, sharding, state
+from rlhf_jax.data.tokenizers import load_tokenizer
+from rlhf_jax.models import LanguageModel, ScalarModel, last_token_value
+from rlhf_jax.models.hf import HFError
+from rlhf_jax.models.hf_export import export_hf
+from rlhf_jax.models.hf_import import hf_model_config, load_hf
+
+torch.set_num_threads(1)
+V = 128  # A multiple of 128: no padded rows, so greedy decoding compares every logit.
+LLAMA3_ROPE = {'rope_type': 'llama3', 'rope_theta': 500000.0, 'factor': 8.0,
+               'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
+               'original_max_position_embeddings': 16}
+FAMILIES = {
+    'gpt2': lambda v: transformers.GPT2Config(
+        vocab_size=v, n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.2),
+    'gpt_neox': lambda v: transformers.GPTNeoXConfig(
+        vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, rotary_pct=0.5, hidden_act='gelu_new',
+        use_parallel_residual=True, tie_word_embeddings=False, initializer_range=0.2),
+    'llama': lambda v: transformers.LlamaConfig(
+        vocab_size=v, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rope_parameters=LLAMA3_ROPE, tie_word_embeddings=False, initializer_range=0.2),
+    'qwen2': lambda v: transformers.Qwen2Config(
+        vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=True, initializer_range=0.2),
+}
+
+
+def _save_model(family: str, path, vocab: int = V, head: str = 'lm'):
+  torch.manual_seed(0)
+  cfg = FAMILIES[family](vocab)
+  cls = (transformers.AutoModelForCausalLM if head == 'lm'
+         else transformers.AutoModelForSequenceClassification)
+  if head == 'scalar':
+    cfg.num_labels, cfg.pad_token_id = 1, 0
+  model = cls.from_config(cfg).eval()
+  if family == 'qwen2':  # Random qkv biases, so a misplaced one shows (HF initialises them to 0).
+    with torch.no_grad():
+      for layer in model.model.layers:
+        layer.self_attn.q_proj.bias.normal_(0.0, 0.2)
+        layer.self_attn.k_proj.bias.normal_(0.0, 0.2)
+  model.save_pretrained(path)
+  return model
+
+
+def _batch():
+  """A left-padded, a right-padded and a full row: tokens, mask [3, 10]."""
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(1, 100, (3, 10))
+  mask = np.ones((3, 10), bool)
+  mask[0, :3] = False
+  mask[1, 7:] = False
+  return np.where(mask, tokens, 0), mask
+
+
+def _hf_logits(model, tokens, mask) -> np.ndarray:
+  positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
+  with torch.no_grad():
+    out = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
+                position_ids=torch.tensor(positions))
+  return out.logits.float().numpy()
+
+
+@pytest.fixture(scope='module', params=list(FAMILIES))
+def imported(request, tmp_path_factory):
+  path = tmp_path_factory.mktemp(request.param)
+  model = _save_model(request.param, path)
+  config, params = load_hf(path)
+  return request.param, path, model, config, params
+
+
+def _logits(config, params, tokens, mask) -> np.ndarray:
+  return np.asarray(jax.jit(LanguageModel(config).apply)({'params': params}, tokens, mask))
+
+
+def test_import_logits_match(imported):
+  _, _, model, config, params = imported
+  tokens, mask = _batch()
+  ours = _logits(config, params, tokens, mask)
+  np.testing.assert_allclose(ours[mask], _hf_logits(model, tokens, mask)[mask],
+                             atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_generation_matches(imported):
+  _, _, model, config, params = imported
+  tokens, mask = _batch()
+  # Prompts must be left-padded for both samplers: shift each row's real tokens to the right.
+  order = np.argsort(mask, axis=1, kind='stable')
+  tokens, mask = np.take_along_axis(tokens, order, 1), np.take_along_axis(mask, order, 1)
+  out = sampling.sample(params, config, jnp.asarray(tokens), jnp.asarray(mask),
+                        jax.random.key(0), max_new_tokens=8, temperature=0.0)
+  with torch.no_grad():
+    ref = model.generate(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
+                         max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+  np.testing.assert_array_equal(np.asarray(out.tokens), ref[:, tokens.shape[1]:].numpy())
+
+
+def test_export_roundtrip_logits(imported, tmp_path):
+  family, _, model, config, params = imported
+  out = export_hf(params, config, tmp_path / 'out', pad_id=0)
+  loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  assert loaded.config.model_type == family
+  tokens, mask = _batch()
+  np.testing.assert_allclose(_hf_logits(loaded, tokens, mask)[mask],
+                             _hf_logits(model, tokens, mask)[mask], atol=1e-5, rtol=1e-5)
+
+
+def _word_tokenizer(path, n_words: int):
+  """A bare tokenizer.json with <|endoftext|> plus n_words words (ids 0..n_words)."""
+  vocab = {'<|endoftext|>': 0, **{f'w{i}': i + 1 for i in range(n_words)}}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='<|endoftext|>'))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  os.makedirs(path, exist_ok=True)
+  tok.save(os.path.join(path, 'tokenizer.json'))
+  return path
+
+
+def test_padded_vocab_rows_are_zero_and_tokenizer_pad_fits(tmp_path):
+  model = _save_model('gpt2', tmp_path / 'm', vocab=100)
+  tok = load_tokenizer(_word_tokenizer(tmp_path / 'tok', 99))  # 100 tokens + appended <pad>
+  assert tok.vocab_size == 101 and tok.pad_id == 100
+  config, params = load_hf(tmp_path / 'm', tokenizer=tok)
+  assert config.vocab_size == 128
+  np.testing.assert_array_equal(params['trunk']['embed']['embedding'][100:], 0.0)
+  tokens, mask = _batch()
+  np.testing.assert_allclose(_logits(config, params, tokens, mask)[mask][:, :100],
+                             _hf_logits(model, tokens, mask)[mask], atol=1e-4, rtol=1e-4)
+  # Export ships the tokenizer with its <pad>, and config.json names it.
+  out = export_hf(params, config, tmp_path / 'out', tokenizer_dir=tmp_path / 'tok')
+  hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+  cfg = json.loads((tmp_path / 'out' / 'config.json').read_text())
+  assert hf_tok.pad_token_id == cfg['pad_token_id'] == 100 and cfg['eos_token_id'] == 0
+  assert len(hf_tok) == 101
+
+
+def test_sharded_load_on_mesh_equals_unsharded(tmp_path):
+  _save_model('llama', tmp_path)
+  mesh = sharding.make_mesh({'data': 1, 'fsdp': 2, 'tensor': 4})
+  config, sharded = load_hf(tmp_path, mesh=mesh)
+  _, plain = load_hf(tmp_path)
+  q = sharded['trunk']['layers']['attn']['query']['kernel']  # [L, D, H, Dh]: fsdp, tensor
+  assert tuple(q.sharding.spec)[:3] == (None, 'fsdp', 'tensor')
+  assert q.addressable_shards[0].data.shape == (2, 32, 1, 16)
+  k = sharded['trunk']['layers']['attn']['key']['kernel']  # 2 kv heads: tensor=4 replicates
+  assert k.addressable_shards[0].data.shape == (2, 32, 2, 16)
+  jax.tree.map(np.testing.assert_array_equal, sharded, plain)
+  assert config.n_kv_heads == 2 and config.rope_scaling[0] == 'llama3'
+
+
+def test_index_shards_bf16_and_missing_shard(tmp_path):
+  model = _save_model('gpt_neox', tmp_path / 'f32')
+  model.to(torch.bfloat16).save_pretrained(tmp_path / 'bf16', max_shard_size='20KB')
+  index = json.loads((tmp_path / 'bf16' / 'model.safetensors.index.json').read_text())
+  assert len(set(index['weight_map'].values())) > 1
+  _, params = load_hf(tmp_path / 'bf16')
+  ref = model.gpt_neox.embed_in.weight.detach().float().numpy()
+  np.testing.assert_array_equal(params['trunk']['embed']['embedding'][:V], ref)
+  shard = index['weight_map']['gpt_neox.final_layer_norm.weight']
+  os.remove(tmp_path / 'bf16' / shard)
+  with pytest.raises(HFError, match=f'{shard}: missing shard'):
+    load_hf(tmp_path / 'bf16')
+
+
+@pytest.fixture(name='gpt2_dir')
+def _gpt2_dir(tmp_path):
+  _save_model('gpt2', tmp_path / 'gpt2', vocab=100)
+  return tmp_path / 'gpt2'
+
+
+def _rewrite_tensor(folder, name, fn):
+  path = os.path.join(folder, 'model.safetensors')
+  tensors = load_file(path)
+  tensors[name] = fn(tensors[name])
+  save_file(tensors, path, metadata={'format': 'pt'})
+
+
+def test_bad_inputs_are_one_line_errors(gpt2_dir, tmp_path):
+  name = 'transformer.h.1.mlp.c_fc.weight'
+  _rewrite_tensor(gpt2_dir, name, lambda w: w.astype(np.int8))
+  with pytest.raises(HFError, match=rf'model.safetensors: tensor {name} has dtype I8'):
+    load_hf(gpt2_dir)
+  _rewrite_tensor(gpt2_dir, name, lambda w: np.zeros((32, 100), np.float32))
+  with pytest.raises(HFError, match=rf'tensor {name} has shape \(32, 100\), config.json '
+                     r'implies \(32, 128\)'):
+    load_hf(gpt2_dir)
+  tok = load_tokenizer(_word_tokenizer(tmp_path / 'tok', 149))
+  with pytest.raises(HFError, match='tokenizer has 151 tokens but the embedding has 100 rows'):
+    hf_model_config(gpt2_dir, tokenizer=tok)
+  cfg = json.loads((gpt2_dir / 'config.json').read_text())
+  (gpt2_dir / 'config.json').write_text(json.dumps({**cfg, 'model_type': 'mistral'}))
+  with pytest.raises(HFError, match=r"config.json: unsupported architecture model_type='mistral'"):
+    load_hf(gpt2_dir)
+
+
+def test_export_refuses_banded_attention(gpt2_dir, tmp_path):
+  config, params = load_hf(gpt2_dir)
+  with pytest.raises(HFError, match="attention_pattern='alternating'"):
+    export_hf(params, config.replace(attention_pattern='alternating'), tmp_path / 'out')
+  assert not os.path.exists(tmp_path / 'out')
+
+
+@pytest.mark.parametrize('family', ['gpt2', 'llama'])
+def test_scalar_export_scores_last_real_token(family, tmp_path):
+  """RM / value export: HF's sequence classifier gives our last-token value (plus score_bias)."""
+  _save_model(family, tmp_path / 'm')
+  config, lm = load_hf(tmp_path / 'm')
+  rng = np.random.default_rng(1)
+  head = {'kernel': jnp.asarray(rng.normal(size=(config.d_model, 1)), jnp.float32),
+          'bias': jnp.asarray([0.7], jnp.float32)}
+  params = {'trunk': lm['trunk'], 'scalar_head': head}
+  tokens, mask = _batch()
+  values = jax.jit(ScalarModel(config).apply)({'params': params}, tokens, mask)
+  ours = np.asarray(last_token_value(values, jnp.asarray(mask)))
+  out = export_hf(params, config, tmp_path / 'rm', head='scalar', pad_id=0)
+  loaded = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+  with torch.no_grad():  # No position ids: HF's own defaults for a right-padded/full batch.
+    theirs = loaded(input_ids=torch.tensor(tokens[1:]),
+                    attention_mask=torch.tensor(mask[1:].astype(np.int64))).logits[:, 0].numpy()
+  offset = getattr(loaded.config, 'score_bias', 0.0)
+  assert offset == (0.0 if family == 'gpt2' else pytest.approx(0.7))
+  np.testing.assert_allclose(theirs + offset, ours[1:], atol=1e-4, rtol=1e-4)
+
+
+def test_cli_exports_a_stage_checkpoint(tmp_path):
+  config_file = os.path.join(os.path.dirname(__file__), '..', 'configs', 'sft.py')
+  config = config_lib.load_config(config_file + ':tiny')
+  roles = config_lib.model_roles(config)
+  model, head = roles['policy']
+  init = jax.jit(state.init_params, static_argnums=(0, 1))
+  params = nn.unbox(init(model, head, jax.random.key(0)))
+  stage = tmp_path / 'sft'
+  ckpt = checkpoint.Checkpointer(str(stage), checkpoint.fingerprint(roles))
+  ckpt.save(5, {'step': jnp.int32(5), 'params': params})
+  ckpt.close()
+  checkpoint.write_summary(str(stage), {'checkpoint_step': 5})
+  out, err = io.StringIO(), io.StringIO()
+  argv = ['hf', 'export', f'--checkpoint={stage}', f'--config={config_file}:tiny',
+          f'--out={tmp_path / "hf"}']
+  assert hf.main(argv, out, err) == 0, err.getvalue()
+  loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf').eval()
+  tokens, mask = _batch()
+  ours = _logits(model, params, tokens, mask)
+  np.testing.assert_allclose(_hf_logits(loaded, tokens, mask)[mask], ours[mask], atol=1e-4)
+  assert hf.main(argv, out, err) == 1 and 'not empty' in err.getvalue()
