@@ -27,15 +27,16 @@ def pad_vocab(n: int, multiple: int = 128) -> int:
 
 def _gpt3(n_layers: int, d_model: int, n_heads: int, **kw) -> ModelConfig:
   d_head = d_model // n_heads
-  fields = dict(vocab_size=pad_vocab(GPT3_VOCAB), n_layers=n_layers, d_model=d_model,
+  fields = dict(vocab_size=pad_vocab(GPT3_VOCAB), real_vocab_size=GPT3_VOCAB, n_layers=n_layers,
+                d_model=d_model,
                 n_heads=n_heads, d_head=d_head, d_ff=4 * d_model, max_len=2048)
   fields.update(kw)
   return ModelConfig(**fields)
 
 
 def _llama(n_layers, d_model, n_heads, n_kv_heads, d_ff, vocab, max_len, **kw) -> ModelConfig:
-  fields = dict(vocab_size=pad_vocab(vocab), n_layers=n_layers, d_model=d_model, n_heads=n_heads,
-                n_kv_heads=n_kv_heads, d_head=d_model // n_heads, d_ff=d_ff, max_len=max_len,
+  fields = dict(vocab_size=pad_vocab(vocab), real_vocab_size=vocab, n_layers=n_layers,
+                d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, d_head=d_model // n_heads, d_ff=d_ff, max_len=max_len,
                 norm='rmsnorm', positions='rotary', mlp='swiglu', use_bias=False,
                 tie_embeddings=False)
   fields.update(kw)
@@ -44,8 +45,8 @@ def _llama(n_layers, d_model, n_heads, n_kv_heads, d_ff, vocab, max_len, **kw) -
 
 GEOMETRIES: dict[str, ModelConfig] = {
     # CPU presets (the same sizes the performance workload of experiments/bench names).
-    'tiny': _gpt3(4, 128, 4, vocab_size=512, d_ff=512, max_len=256),
-    'small': _gpt3(6, 384, 6, vocab_size=4096, d_ff=1536, max_len=512),
+    'tiny': _gpt3(4, 128, 4, vocab_size=512, real_vocab_size=None, d_ff=512, max_len=256),
+    'small': _gpt3(6, 384, 6, vocab_size=4096, real_vocab_size=None, d_ff=1536, max_len=512),
     # GPT-3 Table 2.1. Where the printed table is inconsistent we keep d_head = 128 and
     # d_model as printed for XL (16 heads, since 24 x 128 != 2048) and take d_model = 5120 for
     # 13B (5140 is not divisible by 40 heads; 40 x 128 = 5120).
@@ -59,8 +60,8 @@ GEOMETRIES: dict[str, ModelConfig] = {
     '175b': _gpt3(96, 12288, 96),
     # Llama-style presets: the tiny/small CPU sizes with Llama switches, and Llama 2 7B /
     # Llama 3 8B shapes for fit checks of imported models.
-    'llama-tiny': _llama(4, 128, 4, 2, 384, 512, 256),
-    'llama-small': _llama(6, 384, 6, 2, 1024, 4096, 512),
+    'llama-tiny': _llama(4, 128, 4, 2, 384, 512, 256, real_vocab_size=None),
+    'llama-small': _llama(6, 384, 6, 2, 1024, 4096, 512, real_vocab_size=None),
     'llama2-7b': _llama(32, 4096, 32, 32, 11008, 32000, 4096, norm_eps=1e-5),
     'llama3-8b': _llama(32, 4096, 32, 8, 14336, 128256, 8192, norm_eps=1e-5, rope_theta=500000.0,
                         rope_scaling=('llama3', 8.0, 1.0, 4.0, 8192)),

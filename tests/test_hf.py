@@ -31,7 +31,7 @@ FAMILIES = {
         embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.2),
     'gpt_neox': lambda v: transformers.GPTNeoXConfig(
         vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, rotary_pct=0.5, hidden_act='gelu_new',
+        intermediate_size=64, max_position_embeddings=64, rotary_pct=0.5, hidden_act='gelu',
         use_parallel_residual=True, tie_word_embeddings=False, initializer_range=0.2),
     'llama': lambda v: transformers.LlamaConfig(
         vocab_size=v, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

@@ -318,3 +318,14 @@ def test_rope_scaling_frequencies():
       expected.append((1 - s) * f / 8 + s * f)
   np.testing.assert_allclose(scaled, expected)
   assert len({'keep' if w < 16 else 'scale' if w > 64 else 'mix' for w in wavelen}) == 3
+
+
+def test_padding_vocab_rows_are_masked():
+  c = FLAVOURS['gpt3'].replace(real_vocab_size=FLAVOURS['gpt3'].vocab_size - 5)
+  params = init_params(c)
+  tokens = jnp.ones((2, 6), jnp.int32)
+  logits = LanguageModel(c).apply({'params': params}, tokens, tokens > 0)
+  assert np.all(np.asarray(logits[..., c.real_vocab_size:]) == -1e9)
+  unmasked = LanguageModel(c.replace(real_vocab_size=None)).apply({'params': params}, tokens,
+                                                                  tokens > 0)
+  np.testing.assert_array_equal(logits[..., :c.real_vocab_size], unmasked[..., :c.real_vocab_size])

@@ -14,6 +14,8 @@ class ModelConfig:
 
   Attributes:
     vocab_size: embedding rows (already padded to a multiple of 128 for fast matmuls).
+    real_vocab_size: ids at or above it are padding rows (or an appended <pad>): their logits are
+      masked so they are never sampled and take no probability mass. None: every row is real.
     n_layers, d_model, n_heads, d_head, d_ff: the usual transformer sizes.
     n_kv_heads: key/value heads (grouped-query attention); equal to n_heads for multi-head.
     max_len: context length (positions table size for learned positions, cache length cap).
@@ -46,6 +48,7 @@ class ModelConfig:
   d_ff: int
   max_len: int
   n_kv_heads: Optional[int] = None
+  real_vocab_size: Optional[int] = None
   norm: Literal['layernorm', 'rmsnorm'] = 'layernorm'
   norm_eps: float = 1e-5
   positions: Literal['learned', 'rotary'] = 'learned'

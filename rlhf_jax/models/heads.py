@@ -52,6 +52,9 @@ class LanguageModel(nn.Module):
                             nn.initializers.normal(INIT_STD), ('embed', 'vocab')),
                         name='lm_head')(h)
     logits = constrain(logits.astype(jnp.float32), BTV)
+    if c.real_vocab_size is not None and c.real_vocab_size < c.vocab_size:
+      # Finite, so a log-softmax stays NaN-free; exp(-1e9) is exactly 0 in float32.
+      logits = jnp.where(jnp.arange(c.vocab_size) < c.real_vocab_size, logits, -1e9)
     return logits if cache is None else (logits, new_cache)
 
 

@@ -232,10 +232,8 @@ def _rope_from_hf(cfg, where: str) -> dict:
 
 def _gelu(act: str, where: str) -> dict:
   if act == 'gelu':
-    # ModelConfig has only the tanh GELU; the exact one (Pythia) differs by < 1e-3 per activation.
-    logging.warning('%s: exact GELU runs as its tanh approximation; logits match HF only '
-                    'approximately', where)
-  elif act not in _TANH_GELUS:
+    return dict(mlp='gelu_exact')  # Pythia
+  if act not in _TANH_GELUS:
     raise HFError(f'{where}: activation {act!r} is not supported (gelu, {", ".join(_TANH_GELUS)})')
   return dict(mlp='gelu')
 

@@ -58,10 +58,11 @@ def _hf_config(c: ModelConfig, family: str, head: str, ids: dict, dtype: str):
   common = dict(vocab_size=c.vocab_size, tie_word_embeddings=c.tie_embeddings, dtype=dtype,
                 architectures=[(hf.LM_CLASSES if head == 'lm' else hf.SCALAR_CLASSES)[family]],
                 **ids)
+  gelu = 'gelu' if c.mlp == 'gelu_exact' else 'gelu_new'  # exact erf form / tanh approximation
   if family == 'gpt2':
     return transformers.GPT2Config(
         n_positions=c.max_len, n_embd=c.d_model, n_layer=c.n_layers, n_head=c.n_heads,
-        n_inner=c.d_ff, activation_function='gelu_new', layer_norm_epsilon=c.norm_eps,
+        n_inner=c.d_ff, activation_function=gelu, layer_norm_epsilon=c.norm_eps,
         resid_pdrop=c.resid_dropout, embd_pdrop=c.embed_dropout, attn_pdrop=c.attn_dropout,
         **common)
   sizes = dict(hidden_size=c.d_model, num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
@@ -69,7 +70,7 @@ def _hf_config(c: ModelConfig, family: str, head: str, ids: dict, dtype: str):
                rope_parameters=_rope(c, family), attention_dropout=c.attn_dropout)
   if family == 'gpt_neox':
     return transformers.GPTNeoXConfig(
-        hidden_act='gelu_new', layer_norm_eps=c.norm_eps, use_parallel_residual=c.parallel_residual,
+        hidden_act=gelu, layer_norm_eps=c.norm_eps, use_parallel_residual=c.parallel_residual,
         attention_bias=True, hidden_dropout=c.resid_dropout, **sizes, **common)
   llama = dict(num_key_value_heads=c.kv_heads, rms_norm_eps=c.norm_eps, hidden_act='silu')
   if family == 'qwen2':

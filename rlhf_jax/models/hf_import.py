@@ -83,7 +83,7 @@ def hf_model_config(path: str | os.PathLike, tokenizer=None) -> ModelConfig:
 def _model_config(path: str, cfg, where: str, tokenizer) -> ModelConfig:
   c = hf.config_from_hf(cfg, where)
   rows = c.vocab_size if tokenizer is None else _check_tokenizer(tokenizer, c.vocab_size, path)
-  return c.replace(vocab_size=pad_vocab(max(rows, c.vocab_size)))
+  return c.replace(vocab_size=pad_vocab(max(rows, c.vocab_size)), real_vocab_size=c.vocab_size)
 
 
 class _Tensors:
