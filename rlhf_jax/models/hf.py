@@ -15,7 +15,6 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from absl import logging
 
 from rlhf_jax.models.config import ModelConfig
 

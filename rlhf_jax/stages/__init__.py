@@ -5,18 +5,26 @@ once it holds `summary.json`. Running a stage first runs (with the same geometry
 every stage it needs whose folder is not complete, so the main command works on a fresh machine.
 """
 import importlib
-import json
-import os
 import pathlib
 import time
 
 import ml_collections
 
-from rlhf_jax import config_lib
+from rlhf_jax import checkpoint, config_lib
 
 # stage -> stages whose outputs it reads. Listed in pipeline order.
 NEEDS: dict[str, tuple[str, ...]] = {
     'world': (),
+    'pretrain': ('world',),
+    'sft': ('pretrain',),
+    'sft_init': ('pretrain',),
+}
+# stage -> 'module:function' running it as `function(config, stage_dir) -> summary dict`.
+RUNNERS = {
+    'world': 'world:run',
+    'pretrain': 'lm:run_lm',
+    'sft': 'lm:run_lm',
+    'sft_init': 'lm:run_lm',
 }
 
 
@@ -26,15 +34,7 @@ def stage_dir(workdir: str, stage: str) -> pathlib.Path:
 
 def summary(workdir: str, stage: str) -> dict | None:
   """The stage's summary.json if it completed, else None."""
-  path = stage_dir(workdir, stage) / 'summary.json'
-  return json.loads(path.read_text()) if path.exists() else None
-
-
-def write_summary(directory: pathlib.Path, content: dict) -> None:
-  """Written last and atomically: its presence is what marks a stage complete."""
-  tmp = directory / 'summary.json.tmp'
-  tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + '\n')
-  os.replace(tmp, directory / 'summary.json')
+  return checkpoint.read_summary(str(stage_dir(workdir, stage)))
 
 
 def dependency_config(config: ml_collections.ConfigDict, stage: str,
@@ -62,8 +62,9 @@ def run(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path = 'con
     print(f'[{stage}] already complete in {stage_dir(config.workdir, stage)}', flush=True)
     return done
   start = time.time()
-  module = importlib.import_module(f'rlhf_jax.stages.{stage}')
-  result = module.run(config, stage_dir(config.workdir, stage))
+  module, function = RUNNERS[stage].split(':')
+  runner = getattr(importlib.import_module(f'rlhf_jax.stages.{module}'), function)
+  result = runner(config, stage_dir(config.workdir, stage))
   result = dict(result, stage=stage, seconds=round(time.time() - start, 1))
-  write_summary(stage_dir(config.workdir, stage), result)
+  checkpoint.write_summary(str(stage_dir(config.workdir, stage)), result)
   return result

@@ -1,0 +1,103 @@
+"""Language-model stages: pretrain (world corpus), sft (C.1) and sft_init (C.3, with 10% pretraining
+rows in every batch). All three run `sft_step` through the host loop."""
+import functools
+import itertools
+import pathlib
+
+import jax
+import ml_collections
+
+from rlhf_jax import checkpoint, config_lib, loop, optim, sft, sharding, state
+from rlhf_jax.data import pipeline, records
+from rlhf_jax.stages import common
+
+EVAL_BATCHES = 8  # validation batches per evaluation: a fixed, small, exact subset
+
+
+def _datasets(config, tok, n_rows: int, kind: str, path, mix_path=None):
+  """Training batches: `kind` rows, plus a `ptx_fraction` share of text rows when mixing."""
+  ptx_rows = round(config.batch_size * config.get('ptx_fraction', 0.0)) if mix_path else 0
+  common_kw = dict(seq_len=config.data.seq_len, prompt_len=config.data.prompt_len,
+                   seed=config.seed, loss_on_prompt=config.get('loss_on_prompt', False))
+  main = pipeline.make_dataset(kind, path, tok, batch_size=config.batch_size - ptx_rows,
+                               pack=config.get('pack', False), **common_kw)
+  if not ptx_rows:
+    return main
+  text = pipeline.make_dataset('text', mix_path, tok, batch_size=ptx_rows, pack=True, **common_kw)
+  return pipeline.ConcatBatches([main, text])
+
+
+def _eval_fn(config, tok, kind: str, path, model, mesh, prefix: str):
+  """Exact validation NLL per token over the first EVAL_BATCHES batches of the validation set."""
+  batch_size = config.batch_size
+  valid = pipeline.make_dataset(kind, path, tok, batch_size=batch_size, seq_len=config.data.seq_len,
+                                prompt_len=config.data.prompt_len, seed=0, shuffle=False,
+                                num_epochs=1, shard_index=0, shard_count=1)
+  batches = list(itertools.islice(valid, EVAL_BATCHES))
+  rows = sharding.batch_sharding(mesh)
+  step = jax.jit(functools.partial(sft.sft_eval_step, model=model))
+
+  def evaluate(train_state):
+    total = tokens = 0.0
+    for batch in batches:
+      sharded = loop.shard_batch(batch, rows)
+      out = step(train_state.params, sharded)
+      total, tokens = total + float(out['sft/loss_sum']), tokens + float(out['sft/tokens'])
+    return {f'{prefix}/valid_loss': total / max(tokens, 1.0)}
+  return evaluate
+
+
+def _init_params(config, model_cfg, mesh, workdir):
+  """Parameters to start from: fresh (pretrain), another stage's, or a Hugging Face folder."""
+  abstract = state.abstract_params(model_cfg, 'lm')
+  shardings = sharding.logical_shardings(abstract, mesh)
+  return common.load_init_params(config.init_from, workdir, model_cfg, 'lm',
+                                 abstract, shardings)
+
+
+def run_lm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
+  """Trains the policy LM of `config` with sft_step; returns the stage summary."""
+  paths = common.data_paths(config)
+  kind, train_path, valid_path, mix_path = {
+      'pretrain': ('text', paths['pretrain'], paths['pretrain_valid'], None),
+      'sft': ('demonstrations', paths['sft_train'], paths['sft_valid'], None),
+      'sft_init': ('demonstrations', paths['sft_train'], paths['sft_valid'], paths['pretrain']),
+  }[config.stage]
+  mesh = common.mesh(config)
+  model_cfg = config_lib.to_model_config(config.model)
+  tok = common.tokenizer(config, model_cfg)
+  n_records = len(records.read_records(train_path, kind))
+  total_steps = config.total_steps or max(1, config.epochs * n_records // config.batch_size)
+  tx = optim.make_optimizer(config.optimizer, total_steps)
+  model = state.make_model(model_cfg, 'lm')
+  abstract_state, state_shardings = state.abstract_train_state(model_cfg, 'lm', tx, mesh)
+  rows = sharding.batch_sharding(mesh)
+  step = loop.jit_step(
+      functools.partial(sft.sft_step, model=model, tx=tx,
+                        lr_schedule=optim.schedule(config.optimizer, total_steps)),
+      state_shardings=state_shardings, batch_shardings=rows)
+
+  def init_state():
+    if config.stage == 'pretrain':
+      return state.create_sharded_train_state(model_cfg, 'lm', tx, mesh,
+                                              jax.random.key(config.seed))[0]
+    params = _init_params(config, model_cfg, mesh, config.workdir)
+    return jax.jit(functools.partial(state.create_train_state, tx=tx),
+                   out_shardings=state_shardings)(params)
+
+  print(f'[{config.stage}] {n_records} {kind} records, {total_steps} steps of '
+        f'{config.batch_size} x {config.data.seq_len} tokens on mesh {dict(mesh.shape)}',
+        flush=True)
+  result = loop.run(
+      step, init_state=init_state, abstract_state=abstract_state,
+      data=_datasets(config, tok, config.batch_size, kind, train_path, mix_path),
+      stage_dir=str(stage_dir), base_rng=jax.random.key(config.seed),
+      schedule=loop.Schedule.from_config(config, total_steps),
+      fingerprint=checkpoint.fingerprint(config_lib.model_roles(config)),
+      batch_shardings=rows, loss_key='sft/loss',
+      eval_fn=_eval_fn(config, tok, kind, valid_path, model, mesh, config.stage),
+      flops_per_token=common.train_flops_per_token(model_cfg, config.data.seq_len))
+  common.exit_if_stopped(result)
+  final = _eval_fn(config, tok, kind, valid_path, model, mesh, config.stage)(result.state)
+  return {'steps': result.step, 'checkpoint_step': result.step, 'selected_by': 'last',
+          'train_loss': result.metrics.get('sft/loss', float('nan')), **final}
