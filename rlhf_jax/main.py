@@ -7,7 +7,7 @@ import pathlib
 import sys
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rlhf_jax import config_lib, sharding, state
@@ -40,6 +40,8 @@ def describe(config) -> str:
 
 def main(argv):
   del argv
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.ERROR)  # orbax and grain log every save and restore
   config = FLAGS.config
   if FLAGS.workdir:
     config.workdir = FLAGS.workdir

@@ -140,27 +140,41 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, rope, kv, write_index):
-    """x [B, T, D]; mask [B, T, S]; rope (cos, sin) or None; kv cached (k, v) [B, S, K, Dh] or
-    None; write_index: slot of x's first token in the cache. Returns (out [B, T, D], (k, v))."""
+    """x [B, T, D]; mask [B, T, S] over all slots (the chunk's own tokens at slots write_index..);
+    rope (cos, sin) or None; kv: this layer's cached (k, v) [B, S, K, Dh] or None (then S = T).
+    Returns (out [B, T, D], (k, v) [B, T, K, Dh] of this chunk: the caller writes them once)."""
     c = self.config
     q = constrain(self._proj(x, c.n_heads, 'query', ('heads', 'kv')), BTHD)
     k = constrain(self._proj(x, c.kv_heads, 'key', ('kv_heads', 'kv')), BTKD)
     v = constrain(self._proj(x, c.kv_heads, 'value', ('kv_heads', 'kv')), BTKD)
     if rope is not None:
       q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-    if kv is not None:
-      k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, write_index, 0, 0))
-      v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, write_index, 0, 0))
     b, t, _, _ = q.shape
     q = q.reshape(b, t, c.kv_heads, c.n_heads // c.kv_heads, c.d_head)
-    scores = jnp.einsum('btkgd,bskd->bkgts', q, k.astype(c.dtype),
-                        preferred_element_type=jnp.float32) / np.sqrt(c.d_head)
+    if kv is None:
+      keys, values = [k], [v]
+      masks = [mask]
+    else:
+      # Attend to the cache as it was plus the chunk's own keys, instead of first writing the
+      # chunk into the layer's cache: that write would copy all S slots per layer and step,
+      # making decoding cost grow with the cache length far faster than attention itself.
+      slots = jnp.arange(kv[0].shape[1])
+      old = mask & (slots < write_index)[None, None, :]
+      own = jax.lax.dynamic_slice_in_dim(mask, write_index, t, axis=2)
+      keys, values, masks = [kv[0], k], [kv[1], v], [old, own]
+    scores = jnp.concatenate(
+        [jnp.einsum('btkgd,bskd->bkgts', q, key.astype(c.dtype),
+                    preferred_element_type=jnp.float32) for key in keys], axis=-1)
+    scores = scores / np.sqrt(c.d_head)
     # A finite floor (not -inf) keeps rows with no valid key (padding queries) free of NaNs.
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    scores = jnp.where(jnp.concatenate(masks, axis=-1)[:, None, None], scores,
+                       jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(c.dtype)
     probs = nn.Dropout(c.attn_dropout)(probs, deterministic=self.deterministic)
-    out = jnp.einsum('bkgts,bskd->btkgd', probs, v.astype(c.dtype)).reshape(b, t, c.n_heads,
-                                                                           c.d_head)
+    splits = np.cumsum([key.shape[1] for key in keys])[:-1]
+    out = sum(jnp.einsum('bkgts,bskd->btkgd', p, value.astype(c.dtype))
+              for p, value in zip(jnp.split(probs, splits, axis=-1), values))
+    out = out.reshape(b, t, c.n_heads, c.d_head)
     out = nn.DenseGeneral(c.d_model, axis=(-2, -1), use_bias=c.use_bias, dtype=c.dtype,
                           param_dtype=c.param_dtype,
                           kernel_init=_init(('heads', 'kv', 'embed'), _resid_std(c)),
@@ -259,7 +273,10 @@ class Trunk(nn.Module):
     x, kv = self.layers(x, layer_inputs, (rope, dense, banded, write_index))
     new_cache = None
     if cache is not None:
-      new_cache = cache.replace(k=kv[0], v=kv[1], mask=key_valid,
+      # One in-place write of every layer's new keys/values: [L, B, T, K, Dh] at slot `index`.
+      write = lambda full, new: jax.lax.dynamic_update_slice(
+          full, new.astype(full.dtype), (0, 0, write_index, 0, 0))
+      new_cache = cache.replace(k=write(cache.k, kv[0]), v=write(cache.v, kv[1]), mask=key_valid,
                                 index=cache.index + tokens.shape[1],
                                 positions=cache.positions + mask.sum(axis=1, dtype=jnp.int32))
     return self.ln_f(x), new_cache

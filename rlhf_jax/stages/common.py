@@ -2,9 +2,10 @@
 import pathlib
 import sys
 
+import flax.linen as nn
 import ml_collections
 
-from rlhf_jax import checkpoint, config_lib, sharding
+from rlhf_jax import checkpoint, config_lib, sharding, state
 from rlhf_jax.data import tokenizers
 from rlhf_jax.models import ModelConfig
 from rlhf_jax.stages import world
@@ -51,9 +52,15 @@ def stage_path(workdir: str, name: str) -> pathlib.Path:
   return pathlib.Path(workdir) / name if '/' not in name else pathlib.Path(name)
 
 
-def load_init_params(init_from: str, workdir: str, model: ModelConfig, head: str, abstract,
-                     shardings):
-  """Parameters of a completed stage (its final checkpoint), read straight into `shardings`."""
+def param_shardings(model: ModelConfig, head: str, mesh):
+  """(abstract params, their NamedShardings), unboxed, from the model's logical axis names."""
+  boxed = state.abstract_params(model, head)
+  return nn.unbox(boxed), nn.unbox(sharding.logical_shardings(boxed, mesh))
+
+
+def load_init_params(init_from: str, workdir: str, model: ModelConfig, head: str, mesh):
+  """Parameters of a completed stage (its final checkpoint), read straight into their shardings."""
+  abstract, shardings = param_shardings(model, head, mesh)
   roles = {'policy' if head == 'lm' else 'reward': (model, head)}
   return checkpoint.load_params(str(stage_path(workdir, init_from)), abstract, shardings,
                                 fingerprint=checkpoint.fingerprint(roles))

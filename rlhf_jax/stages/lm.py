@@ -49,10 +49,7 @@ def _eval_fn(config, tok, kind: str, path, model, mesh, prefix: str):
 
 def _init_params(config, model_cfg, mesh, workdir):
   """Parameters to start from: fresh (pretrain), another stage's, or a Hugging Face folder."""
-  abstract = state.abstract_params(model_cfg, 'lm')
-  shardings = sharding.logical_shardings(abstract, mesh)
-  return common.load_init_params(config.init_from, workdir, model_cfg, 'lm',
-                                 abstract, shardings)
+  return common.load_init_params(config.init_from, workdir, model_cfg, 'lm', mesh)
 
 
 def run_lm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
