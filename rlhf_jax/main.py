@@ -58,5 +58,20 @@ def main(argv):
     sys.exit(2)
 
 
+def parse_flags(argv):
+  """absl flag parsing, but a config file that raises (unknown geometry, bad value) is a one-line
+  error: config_flags wraps the exception with its traceback, so keep only its last line."""
+  try:
+    return FLAGS(argv)
+  except AttributeError as e:  # an override of a field the config does not have
+    print(f'error: the config has no field {str(e).strip(chr(34))}', file=sys.stderr)
+    sys.exit(2)
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    cause = next((line for line in reversed(lines) if 'Error: ' in line), lines[-1])
+    print(f'error: {cause.split("Error: ", 1)[-1]}', file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -29,3 +29,9 @@ def test_unknown_geometry_is_one_line_error():
   assert result.returncode != 0
   assert 'Traceback' not in result.stderr
   assert "unknown geometry 'huge'" in result.stderr.strip().splitlines()[-1]
+
+
+def test_unknown_override_is_one_line_error():
+  result = run_main('--config=configs/sft.py', '--config.no_such_field=3', '--dry_run')
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert "no field 'no_such_field'" in result.stderr
