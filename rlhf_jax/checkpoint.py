@@ -179,7 +179,8 @@ def load_params(stage_dir: str, abstract_params: Any, shardings: Any = None, *,
   """Another stage's final parameters (e.g. SFT's, to initialise the reward model).
 
   Only `state.<field>` is read, straight into its sharded layout: optimizer moments are never
-  loaded. The checkpoint is the one summary.json names under 'checkpoint_step', else the latest.
+  loaded. The checkpoint is the one summary.json names under 'checkpoint_step' (in the folder it
+  names under 'params_from', default `checkpoints`), else the latest.
 
   Args:
     stage_dir: the completed stage's folder.
@@ -195,7 +196,8 @@ def load_params(stage_dir: str, abstract_params: Any, shardings: Any = None, *,
   summary = read_summary(stage_dir)
   if summary is None:
     raise FileNotFoundError(f'{stage_dir}: stage not complete (no {SUMMARY_FILE})')
-  directory = os.path.join(stage_dir, CHECKPOINT_DIR)
+  # A stage that selects a checkpoint (SFT by validation metric) keeps it in its own folder.
+  directory = os.path.join(stage_dir, summary.get('params_from', CHECKPOINT_DIR))
   manager = _manager(directory, num_data=0, read_only=True)
   step = summary.get('checkpoint_step', manager.latest_step())
   path = os.path.join(directory, str(step))

@@ -45,17 +45,20 @@ def main(argv):
   config = FLAGS.config
   if FLAGS.workdir:
     config.workdir = FLAGS.workdir
+  from rlhf_jax import stages  # the training stack is imported only when something runs
   try:
     config_lib.validate(config)
     if FLAGS.dry_run:
       print(describe(config))
       return
-    from rlhf_jax import stages  # the training stack is imported only when something runs
     config_dir = pathlib.Path(config_flags.get_config_filename(FLAGS['config'])).parent
     stages.run(config, config_dir, force=FLAGS.force)
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except stages.STAGE_ERRORS as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 def parse_flags(argv):

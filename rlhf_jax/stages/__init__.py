@@ -10,7 +10,13 @@ import time
 
 import ml_collections
 
-from rlhf_jax import checkpoint, config_lib
+from rlhf_jax import checkpoint, config_lib, loop
+from rlhf_jax.data import records
+from rlhf_jax.models import hf
+
+# Failures of a run that are the input's fault: main prints them as one line and exits 1.
+STAGE_ERRORS = (loop.NonFiniteLoss, checkpoint.CheckpointMismatch, records.RecordError,
+                hf.HFError, FileNotFoundError)
 
 # stage -> stages whose outputs it reads. Listed in pipeline order.
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -66,5 +72,7 @@ def run(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path = 'con
   runner = getattr(importlib.import_module(f'rlhf_jax.stages.{module}'), function)
   result = runner(config, stage_dir(config.workdir, stage))
   result = dict(result, stage=stage, seconds=round(time.time() - start, 1))
+  if 'model' in config:  # later stages rebuild this stage's geometry from its summary
+    result['model'] = config.model.to_dict()
   checkpoint.write_summary(str(stage_dir(config.workdir, stage)), result)
   return result

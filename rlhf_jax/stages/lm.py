@@ -5,13 +5,15 @@ import itertools
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from rlhf_jax import checkpoint, config_lib, loop, optim, sft, sharding, state
+from rlhf_jax import checkpoint, config_lib, loop, optim, rm, sampling, sft, sharding, state
 from rlhf_jax.data import pipeline, records
-from rlhf_jax.stages import common
+from rlhf_jax.stages import common, selection
 
 EVAL_BATCHES = 8  # validation batches per evaluation: a fixed, small, exact subset
+EVAL_PROMPTS = 64  # validation prompts sampled for the RM-score selection
 
 
 def _datasets(config, tok, n_rows: int, kind: str, path, mix_path=None):
@@ -27,7 +29,7 @@ def _datasets(config, tok, n_rows: int, kind: str, path, mix_path=None):
   return pipeline.ConcatBatches([main, text])
 
 
-def _eval_fn(config, tok, kind: str, path, model, mesh, prefix: str):
+def _valid_loss_fn(config, tok, kind: str, path, model, mesh, prefix: str):
   """Exact validation NLL per token over the first EVAL_BATCHES batches of the validation set."""
   batch_size = config.batch_size
   valid = pipeline.make_dataset(kind, path, tok, batch_size=batch_size, seq_len=config.data.seq_len,
@@ -37,14 +39,62 @@ def _eval_fn(config, tok, kind: str, path, model, mesh, prefix: str):
   rows = sharding.batch_sharding(mesh)
   step = jax.jit(functools.partial(sft.sft_eval_step, model=model))
 
-  def evaluate(train_state):
+  def evaluate(params):
     total = tokens = 0.0
     for batch in batches:
-      sharded = loop.shard_batch(batch, rows)
-      out = step(train_state.params, sharded)
+      out = step(params, loop.shard_batch(batch, rows))
       total, tokens = total + float(out['sft/loss_sum']), tokens + float(out['sft/tokens'])
     return {f'{prefix}/valid_loss': total / max(tokens, 1.0)}
   return evaluate
+
+
+def _rm_score_fn(config, tok, model_cfg, mesh, paths):
+  """Mean bias-corrected RM score of responses sampled (T = 1, fixed key, so checkpoints are
+  compared on paired samples) for the validation prompts; None when no reward model exists."""
+  from rlhf_jax import stages  # the registry imports this module
+  if stages.summary(config.workdir, 'rm') is None:
+    return None
+  rm_summary = stages.summary(config.workdir, 'rm')
+  rm_cfg = config_lib.to_model_config(ml_collections.ConfigDict(rm_summary['model']))
+  rm_params = common.load_init_params('rm', config.workdir, rm_cfg, 'scalar', mesh)
+  bias = rm_summary['reward_bias']
+  prompts = next(iter(pipeline.make_dataset(
+      'prompts', paths['prompts_sft_valid'], tok, batch_size=EVAL_PROMPTS,
+      seq_len=config.data.seq_len, prompt_len=config.data.prompt_len, seed=0, shuffle=False,
+      shard_index=0, shard_count=1)))
+  response_len = config.data.seq_len - config.data.prompt_len
+
+  @jax.jit
+  def score(params, tokens, mask):
+    out = sampling.sample(params, model_cfg, tokens, mask, jax.random.key(0),
+                          max_new_tokens=response_len, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    seq = jnp.concatenate([tokens, out.tokens], axis=1)
+    seq_mask = jnp.concatenate([mask, out.mask], axis=1)
+    return jnp.mean(rm.reward_scores(rm_params, seq, seq_mask, model=state.make_model(
+        rm_cfg, 'scalar'), bias=bias))
+
+  return lambda params: {f'{config.stage}/valid_rm_score': float(
+      score(params, prompts['tokens'], prompts['mask']))}
+
+
+def _evaluation(config, tok, kind, valid_path, model, model_cfg, mesh, paths, stage_dir):
+  """(eval_fn for the loop, BestParams or None, final metrics fn) per `config.select_by`."""
+  valid_loss = _valid_loss_fn(config, tok, kind, valid_path, model, mesh, config.stage)
+  select_by = config.get('select_by', 'last')
+  rm_score = _rm_score_fn(config, tok, model_cfg, mesh, paths) if select_by == 'rm_score' else None
+  metrics = lambda params: {**valid_loss(params), **(rm_score(params) if rm_score else {})}
+  if select_by == 'last':
+    return (lambda s: metrics(s.params)), None, metrics
+  key, mode = ((f'{config.stage}/valid_rm_score', 'max') if rm_score else
+               (f'{config.stage}/valid_loss', 'min'))
+  best = selection.BestParams(str(stage_dir), key, mode,
+                              checkpoint.fingerprint(config_lib.model_roles(config)))
+
+  def eval_fn(train_state):
+    out = metrics(train_state.params)
+    best.update(int(train_state.step), out[key], train_state.params)
+    return out
+  return eval_fn, best, metrics
 
 
 def _init_params(config, model_cfg, mesh, workdir):
@@ -82,6 +132,8 @@ def run_lm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
     return jax.jit(functools.partial(state.create_train_state, tx=tx),
                    out_shardings=state_shardings)(params)
 
+  eval_fn, best, final_metrics = _evaluation(config, tok, kind, valid_path, model, model_cfg, mesh,
+                                             paths, stage_dir)
   print(f'[{config.stage}] {n_records} {kind} records, {total_steps} steps of '
         f'{config.batch_size} x {config.data.seq_len} tokens on mesh {dict(mesh.shape)}',
         flush=True)
@@ -92,9 +144,12 @@ def run_lm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
       schedule=loop.Schedule.from_config(config, total_steps),
       fingerprint=checkpoint.fingerprint(config_lib.model_roles(config)),
       batch_shardings=rows, loss_key='sft/loss',
-      eval_fn=_eval_fn(config, tok, kind, valid_path, model, mesh, config.stage),
-      flops_per_token=common.train_flops_per_token(model_cfg, config.data.seq_len))
+      eval_fn=eval_fn, flops_per_token=common.train_flops_per_token(model_cfg, config.data.seq_len))
   common.exit_if_stopped(result)
-  final = _eval_fn(config, tok, kind, valid_path, model, mesh, config.stage)(result.state)
-  return {'steps': result.step, 'checkpoint_step': result.step, 'selected_by': 'last',
-          'train_loss': result.metrics.get('sft/loss', float('nan')), **final}
+  summary = {'steps': result.step, 'checkpoint_step': result.step, 'selected_by': 'last',
+             'train_loss': result.metrics.get('sft/loss', float('nan'))}
+  if best is None:
+    return {**summary, **final_metrics(result.state.params)}
+  eval_fn(result.state)  # the final parameters compete too
+  best.close()
+  return {**summary, **best.summary()}

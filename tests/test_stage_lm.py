@@ -1,0 +1,39 @@
+"""LM stages through the CLI entry: pretrain then SFT with validation-loss model selection."""
+import json
+
+import jax
+import numpy as np
+
+from rlhf_jax import checkpoint, config_lib, stages
+from rlhf_jax.stages import common
+
+
+def stage_config(name, workdir, **overrides):
+  config = config_lib.load_config(f'configs/{name}.py')
+  config.workdir = str(workdir)
+  if 'data' in config:
+    config.data.world_scale = 0.01
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def test_sft_keeps_the_best_validation_checkpoint(tmp_path):
+  stages.run(stage_config('pretrain', tmp_path, total_steps=3, log_every=1, eval_every=0))
+  summary = stages.run(stage_config('sft', tmp_path, total_steps=6, log_every=1, eval_every=2))
+  assert summary['selected_by'] == 'sft/valid_loss'
+  logged = [json.loads(line) for line in (tmp_path / 'sft' / 'metrics.jsonl').read_text().split('\n')
+            if line]
+  valid = {m['step']: m['sft/valid_loss'] for m in logged if 'sft/valid_loss' in m}
+  best_step = min(valid, key=valid.get)
+  assert summary['checkpoint_step'] == best_step
+  assert np.isclose(summary['selected_value'], valid[best_step])
+
+  config = stage_config('sft', tmp_path)
+  model = config_lib.to_model_config(config.model)
+  mesh = common.mesh(config)
+  selected = common.load_init_params('sft', str(tmp_path), model, 'lm', mesh)
+  raw = checkpoint._manager(str(tmp_path / 'sft' / 'selected' / 'checkpoints'), 0, read_only=True)
+  assert raw.latest_step() == best_step
+  leaves = jax.tree.leaves(selected)
+  assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
