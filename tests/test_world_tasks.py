@@ -35,12 +35,14 @@ def test_judge_accepts_own_demonstrations(family):
     assert j.fluency == 1.0 and j.quality > 0.95, (prompt, demo, j)
 
 
-@pytest.mark.parametrize('family', FAMILIES)
-@pytest.mark.parametrize('kind', ['wrong_answer', 'toxic', 'off_task', 'hallucination',
-                                  'broken_constraint'])
+# Hallucination is judged on closed-domain tasks only, so it is checked on those families alone.
+CORRUPTIONS = [(family, kind) for family in FAMILIES
+               for kind in ('wrong_answer', 'toxic', 'off_task', 'hallucination', 'broken_constraint')
+               if kind != 'hallucination' or family in tasks.CLOSED_DOMAIN]
+
+
+@pytest.mark.parametrize('family,kind', CORRUPTIONS)
 def test_judge_rejects_corrupted_demonstrations(family, kind):
-  if kind == 'hallucination' and family not in tasks.CLOSED_DOMAIN:
-    pytest.skip('hallucination is judged on closed-domain tasks only')
   rng = random.Random(1)
   checked = 0
   for prompt, demo in _prompts(family):
