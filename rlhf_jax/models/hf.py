@@ -290,8 +290,9 @@ def export_family(c: ModelConfig) -> str:
        'has no transformers equivalent')
   mha = c.kv_heads == c.n_heads and c.n_heads * c.d_head == c.d_model
   if c.norm == 'layernorm':
-    need(c.mlp == 'gelu' and c.use_bias and mha, 'LayerNorm models need mlp=gelu, use_bias and '
-         'n_heads * d_head == d_model without grouped-query attention (GPT-2 / GPT-NeoX)')
+    need(c.mlp in ('gelu', 'gelu_exact') and c.use_bias and mha, 'LayerNorm models need a GELU '
+         'mlp, use_bias and n_heads * d_head == d_model without grouped-query attention '
+         '(GPT-2 / GPT-NeoX)')
     if c.positions == 'learned':
       need(not c.parallel_residual, 'learned positions with parallel_residual')
       return 'gpt2'
