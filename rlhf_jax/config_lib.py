@@ -66,6 +66,12 @@ GEOMETRIES: dict[str, ModelConfig] = {
     'llama3-8b': _llama(32, 4096, 32, 8, 14336, 128256, 8192, norm_eps=1e-5, rope_theta=500000.0,
                         rope_scaling=('llama3', 8.0, 1.0, 4.0, 8192)),
 }
+# Public checkpoints the recipes start from (shapes as their Hugging Face config.json files):
+# GPT-2 (124M) and Pythia-1B (GPT-NeoX: parallel residual, 25% rotary dims, exact GELU, untied).
+GEOMETRIES['gpt2'] = _gpt3(12, 768, 12, max_len=1024)
+GEOMETRIES['pythia-1b'] = _gpt3(16, 2048, 8, vocab_size=50304, real_vocab_size=None,
+                                positions='rotary', rotary_pct=0.25, parallel_residual=True,
+                                mlp='gelu_exact', tie_embeddings=False)
 GEOMETRIES['6.7b'] = GEOMETRIES['6b']
 GEOMETRIES['xl'] = GEOMETRIES['1.3b']
 
@@ -153,7 +159,8 @@ def data_config(geometry: str) -> ml_collections.ConfigDict:
   seq_len = MINI_SEQ_LEN if geometry in CPU_PRESETS else GEOMETRIES[geometry].max_len
   return ml_collections.ConfigDict(dict(
       seq_len=seq_len, prompt_len=seq_len // 2, response_len=seq_len // 2,
-      world_scale=0.05, tokenizer='', pretrain='', demonstrations='', rankings='', prompts=''))
+      world_scale=0.05, tokenizer='', pretrain='', pretrain_valid='', demonstrations='',
+      demonstrations_valid='', rankings='', rankings_valid='', prompts='', prompts_valid=''))
 
 
 def geometry_arg(arg: str | None, default: str = 'tiny') -> str:

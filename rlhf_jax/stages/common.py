@@ -1,8 +1,10 @@
 """What every training stage needs: data paths, mesh, tokenizer, initial parameters, exit codes."""
+import functools
 import pathlib
 import sys
 
 import flax.linen as nn
+import jax
 import ml_collections
 
 from rlhf_jax import checkpoint, config_lib, sharding, state
@@ -14,8 +16,11 @@ from rlhf_jax.stages import world
 def data_paths(config: ml_collections.ConfigDict) -> dict[str, pathlib.Path]:
   """The world's files in <workdir>/data, with any user-given `config.data.*` path taking over."""
   paths = world.paths(pathlib.Path(config.workdir) / 'data')
-  overrides = {'tokenizer': 'tokenizer', 'pretrain': 'pretrain', 'sft_train': 'demonstrations',
-               'prompts_ppo': 'prompts', 'rankings': 'rankings'}
+  overrides = {'tokenizer': 'tokenizer', 'pretrain': 'pretrain', 'pretrain_valid': 'pretrain_valid',
+               'sft_train': 'demonstrations', 'sft_valid': 'demonstrations_valid',
+               'rm_demonstrations': 'demonstrations', 'prompts_ppo': 'prompts',
+               'prompts_sft_valid': 'prompts_valid', 'prompts_rm_valid': 'prompts_valid',
+               'prompts_test': 'prompts_valid'}
   for role, field in overrides.items():
     if config.data.get(field):
       paths[role] = pathlib.Path(config.data[field])
@@ -58,12 +63,34 @@ def param_shardings(model: ModelConfig, head: str, mesh):
   return nn.unbox(boxed), nn.unbox(sharding.logical_shardings(boxed, mesh))
 
 
-def load_init_params(init_from: str, workdir: str, model: ModelConfig, head: str, mesh):
-  """Parameters of a completed stage (its final checkpoint), read straight into their shardings."""
+def load_init_params(init_from: str, workdir: str, model: ModelConfig, head: str, mesh,
+                     tokenizer=None):
+  """Starting parameters, read straight into their shardings: a completed stage's final (or
+  selected) checkpoint, or with 'hf:DIR' a Hugging Face folder whose architecture must be the
+  config's geometry. A scalar model takes the source's trunk and a fresh scalar head."""
+  if init_from.startswith('hf:'):
+    params = _load_hf(init_from[len('hf:'):], model, mesh, tokenizer)
+    if head == 'lm':
+      return params
+    fresh = sharding.create_sharded(
+        functools.partial(state.init_params, model, 'scalar'), mesh, jax.random.key(0))[0]
+    return state.init_scalar_from_lm(params, fresh)
   abstract, shardings = param_shardings(model, head, mesh)
   roles = {'policy' if head == 'lm' else 'reward': (model, head)}
   return checkpoint.load_params(str(stage_path(workdir, init_from)), abstract, shardings,
                                 fingerprint=checkpoint.fingerprint(roles))
+
+
+def _load_hf(path: str, model: ModelConfig, mesh, tokenizer):
+  """LanguageModel params of a HF folder; a geometry other than the config's is a ConfigError."""
+  from rlhf_jax.models import hf_import  # imports transformers' config classes: slow
+  found = hf_import.hf_model_config(path, tokenizer)
+  ours, theirs = (checkpoint.fingerprint({'model': (m, 'lm')}) for m in (model, found))
+  diff = [f'{k[len("model."):]}={theirs[k]} (config: {ours[k]})' for k in ours if ours[k] != theirs[k]]
+  if diff:
+    raise config_lib.ConfigError(f'{path}: the Hugging Face model has ' + ', '.join(diff) +
+                                 '; pick the matching geometry (e.g. configs/<stage>.py:gpt2)')
+  return hf_import.load_hf(path, mesh=mesh, dtype=model.param_dtype, tokenizer=tokenizer)[1]
 
 
 def train_flops_per_token(model: ModelConfig, seq_len: int) -> float:

@@ -97,11 +97,6 @@ def _evaluation(config, tok, kind, valid_path, model, model_cfg, mesh, paths, st
   return eval_fn, best, metrics
 
 
-def _init_params(config, model_cfg, mesh, workdir):
-  """Parameters to start from: fresh (pretrain), another stage's, or a Hugging Face folder."""
-  return common.load_init_params(config.init_from, workdir, model_cfg, 'lm', mesh)
-
-
 def run_lm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
   """Trains the policy LM of `config` with sft_step; returns the stage summary."""
   paths = common.data_paths(config)
@@ -128,7 +123,7 @@ def run_lm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
     if config.stage == 'pretrain':
       return state.create_sharded_train_state(model_cfg, 'lm', tx, mesh,
                                               jax.random.key(config.seed))[0]
-    params = _init_params(config, model_cfg, mesh, config.workdir)
+    params = common.load_init_params(config.init_from, config.workdir, model_cfg, 'lm', mesh, tok)
     return jax.jit(functools.partial(state.create_train_state, tx=tx),
                    out_shardings=state_shardings)(params)
 
