@@ -78,6 +78,13 @@ def test_demonstrations_right_padded_with_completion_loss(tok):
                                 (np.arange(T) > 0) & (np.arange(T) < n))
 
 
+def test_completion_follows_prompt_after_one_space():
+  assert pipeline.joined_completion('the cat', 'eats') == ' eats'
+  assert pipeline.joined_completion('the cat', ' eats') == ' eats'
+  assert pipeline.joined_completion('TL;DR:\n', 'eats') == 'eats'
+  assert pipeline.joined_completion('the cat', '') == ''
+
+
 def test_long_prompts_filtered_and_responses_truncated(tok):
   long_prompt = ' '.join(['the big cat'] * 10)
   src = [{'prompt': long_prompt, 'completion': 'a dog'},
@@ -140,7 +147,7 @@ def test_rankings_pad_k_and_rows(tok):
   np.testing.assert_array_equal(batch['valid'][0], [True, True, True, False])
   prompt = [tok.bos_id] + tok.encode('the cat')
   for k, completion in enumerate(src[0]['completions']):
-    ids = prompt + tok.encode(completion) + [tok.eos_id]
+    ids = prompt + tok.encode(pipeline.joined_completion('the cat', completion)) + [tok.eos_id]
     np.testing.assert_array_equal(batch['tokens'][0, k, :len(ids)], ids)
     assert batch['mask'][0, k].sum() == len(ids)
   assert not batch['mask'][0, 3].any() and (batch['tokens'][0, 3] == tok.pad_id).all()

@@ -66,8 +66,19 @@ def _prompt_ids(tokenizer: Tokenizer, prompt: str, prompt_len: int,
   return ids if len(ids) <= prompt_len else None
 
 
-def _response_ids(tokenizer: Tokenizer, completion: str, response_len: int) -> list[int]:
-  return (tokenizer.encode(completion) + [tokenizer.eos_id])[:response_len]
+def joined_completion(prompt: str, completion: str) -> str:
+  """The completion as it follows its prompt in running text: after a space, unless one side
+  already has the whitespace (HH-RLHF replies start with one). Tokenizers encode a word after a
+  space differently from a word-initial fragment, so this keeps the first response token the
+  one the model would see in text."""
+  if completion[:1].isspace() or prompt[-1:].isspace() or not completion:
+    return completion
+  return ' ' + completion
+
+
+def _response_ids(tokenizer: Tokenizer, prompt: str, completion: str,
+                  response_len: int) -> list[int]:
+  return (tokenizer.encode(joined_completion(prompt, completion)) + [tokenizer.eos_id])[:response_len]
 
 
 def _pad_right(ids: Sequence[int], length: int, pad_id: int) -> np.ndarray:  # [length]
@@ -110,7 +121,8 @@ def _demonstration_example(item: tuple[int, dict], tokenizer: Tokenizer, *, seq_
   prompt = _prompt_ids(tokenizer, item[1]['prompt'], prompt_len, add_bos)
   if prompt is None:
     return None
-  response = _response_ids(tokenizer, item[1]['completion'], seq_len - prompt_len)
+  response = _response_ids(tokenizer, item[1]['prompt'], item[1]['completion'],
+                            seq_len - prompt_len)
   loss_mask = [loss_on_prompt] * len(prompt) + [True] * len(response)
   return {'tokens': np.asarray(prompt + response, np.int32),
           'loss_mask': np.asarray(loss_mask, bool)}
@@ -129,7 +141,7 @@ def _ranking_example(item: tuple[int, dict], tokenizer: Tokenizer, *, seq_len: i
   tokens = np.full((k_max, seq_len), tokenizer.pad_id, np.int32)
   mask = np.zeros((k_max, seq_len), bool)
   for i, completion in enumerate(record['completions']):
-    ids = prompt + _response_ids(tokenizer, completion, seq_len - prompt_len)
+    ids = prompt + _response_ids(tokenizer, record['prompt'], completion, seq_len - prompt_len)
     tokens[i, :len(ids)], mask[i, :len(ids)] = ids, True
   ranks = np.full(k_max, -1, np.int32)
   ranks[:k] = record['ranks']
