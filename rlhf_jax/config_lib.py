@@ -15,6 +15,7 @@ import ml_collections
 from rlhf_jax.models.config import ModelConfig
 
 GPT3_VOCAB = 50257  # GPT-2/GPT-3 BPE vocabulary.
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'  # the shipped stage configs
 
 
 class ConfigError(ValueError):

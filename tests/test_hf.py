@@ -1,4 +1,5 @@
 """Hugging Face import / export: parity with transformers on tiny random models of each family."""
+import dataclasses
 import io
 import json
 import os
@@ -13,7 +14,8 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from rlhf_jax import checkpoint, config_lib, hf, sampling, sharding, state
+from rlhf_jax import checkpoint, config_lib, hf, sampling, sharding, stages, state
+from rlhf_jax.data import records
 from rlhf_jax.data.tokenizers import load_tokenizer
 from rlhf_jax.models import LanguageModel, ScalarModel, last_token_value
 from rlhf_jax.models.hf import HFError
@@ -260,3 +262,28 @@ def test_cli_exports_a_stage_checkpoint(tmp_path):
   ours = _logits(model, params, tokens, mask)
   np.testing.assert_allclose(_hf_logits(loaded, tokens, mask)[mask], ours[mask], atol=1e-4)
   assert hf.main(argv, out, err) == 1 and 'not empty' in err.getvalue()
+
+
+def test_sft_stage_starts_from_a_hf_folder(tmp_path):
+  folder = tmp_path / 'gpt2'
+  _save_model('gpt2', folder, vocab=100)
+  _word_tokenizer(folder, 99)
+  tok = load_tokenizer(folder)
+  demos = [{'prompt': f'w{i} w{i + 1}', 'completion': f'w{i + 2} w{i + 3} w{i + 4}'}
+           for i in range(1, 60)]
+  records.write_records(tmp_path / 'demos.jsonl', 'demonstrations', demos)
+  config = config_lib.load_config('configs/sft.py')
+  imported_model = dataclasses.asdict(hf_model_config(folder, tok))
+  config.model.update({k: v for k, v in imported_model.items() if k in config.model})
+  config.update(dict(workdir=str(tmp_path / 'run'), init_from=f'hf:{folder}', total_steps=2,
+                     batch_size=8, eval_every=0))
+  config.data.update(dict(seq_len=32, prompt_len=16, response_len=16, tokenizer=str(folder),
+                          demonstrations=str(tmp_path / 'demos.jsonl'),
+                          demonstrations_valid=str(tmp_path / 'demos.jsonl')))
+  assert stages.needs(config) == ()
+  summary = stages.run(config)
+  assert summary['steps'] == 2 and np.isfinite(summary['selected_value'])
+  config.model.n_layers = 3
+  config.workdir = str(tmp_path / 'other')
+  with pytest.raises(config_lib.ConfigError, match='n_layers=2'):
+    stages.run(config)

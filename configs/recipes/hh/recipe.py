@@ -1,0 +1,66 @@
+"""Recipe: InstructGPT's three steps on Anthropic HH-RLHF, from Pythia-1B (default) or GPT-2.
+
+Not runnable here (no downloads); `tests/test_recipes.py` loads and validates every stage and
+`python -m rlhf_jax.aot --config=configs/recipes/hh/ppo_ptx.py` checks the fit. On a machine
+with the data and a checkpoint:
+
+  huggingface-cli download EleutherAI/pythia-1b --local-dir checkpoints/pythia-1b
+  python -m rlhf_jax.data convert --format=hh-rlhf hh/train.jsonl data/hh/rankings.jsonl
+  python -m rlhf_jax.data convert --format=hh-rlhf --kind=demonstrations hh/train.jsonl \
+      data/hh/demonstrations.jsonl        # (and the test split into *_valid.jsonl)
+  python -m rlhf_jax.main --config=configs/recipes/hh/ppo_ptx.py:pythia-1b
+
+The PPO-ptx stage runs its missing inputs (sft_init, label = import of the rankings, rm, sft)
+with the sibling files of this folder. Hyperparameters are the paper's 1.3B ones (App. C). Pretraining text for ptx and sft_init (C.3) is any {"text"} JSONL
+of the base model's pretraining distribution (e.g. a Pile slice for Pythia).
+"""
+from rlhf_jax import config_lib
+
+CHECKPOINTS = {'pythia-1b': 'checkpoints/pythia-1b', 'gpt2': 'checkpoints/gpt2'}
+# App. C for the 1.3B policy (C.1 SFT, C.3 sft_init, C.2 RM, C.4 PPO-ptx with the E.9 lr sweep's
+# 1.02e-5); HH's ~160k demonstrations need one epoch where the paper's 13k took 16.
+STAGE_FIELDS = {
+    'sft': dict(epochs=1, batch_size=32, lr=9.65e-6),
+    'sft_init': dict(epochs=1, batch_size=32, lr=5e-6),
+    'rm': dict(epochs=1, batch_size=64, lr=9e-6, k_max=2, init_from='sft'),
+    'ppo_ptx': dict(episodes=256_000, batch_size=512, minibatch_size=64, lr=1.02e-5,
+                    ema_decay=0.992),
+    'label': {},
+}
+# HH dialogues are long; responses are short. GPT-2's context is 1024 tokens.
+SEQ_LEN, PROMPT_LEN = 1024, 768
+
+
+def recipe(stage: str, arg: str | None):
+  """The shipped stage config, moved onto HH data, a HF checkpoint and one accelerator."""
+  geometry = arg or 'pythia-1b'
+  if geometry not in CHECKPOINTS:
+    raise config_lib.ConfigError(f'recipe geometry {geometry!r}; use one of {sorted(CHECKPOINTS)}')
+  c = config_lib.load_config(str(config_lib.CONFIG_DIR / f'{stage}.py'))
+  c.model = config_lib.model_config_dict(geometry)
+  fields = dict(STAGE_FIELDS[stage])
+  if 'lr' in fields:
+    c.optimizer.lr = fields.pop('lr')
+  c.update(fields)
+  if stage in ('sft', 'sft_init'):
+    c.init_from = f'hf:{CHECKPOINTS[geometry]}'
+  c.workdir = f'runs/hh_{geometry}'
+  # One GPU or a TPU v5e-8: data parallel over what is there; bf16 compute, fp32 master weights.
+  c.mesh = config_lib.ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.model.dtype = 'bfloat16'
+  c.model.remat = 'full'
+  if 'data' in c:
+    c.data.seq_len, c.data.prompt_len, c.data.response_len = SEQ_LEN, PROMPT_LEN, SEQ_LEN - PROMPT_LEN
+    c.data.tokenizer = CHECKPOINTS[geometry]
+    c.data.update(dict(
+        pretrain='data/pretrain/text.jsonl', pretrain_valid='data/pretrain/text_valid.jsonl',
+        demonstrations='data/hh/demonstrations.jsonl',
+        demonstrations_valid='data/hh/demonstrations_valid.jsonl',
+        rankings='data/hh/rankings.jsonl', rankings_valid='data/hh/rankings_valid.jsonl',
+        prompts='data/hh/prompts.jsonl', prompts_valid='data/hh/prompts_valid.jsonl'))
+  if 'reward_model' in c:  # the RM and value function are the same model family
+    c.reward_model = config_lib.model_config_dict(geometry)
+    c.reward_model.dtype, c.reward_model.remat = 'bfloat16', 'full'
+    c.value_optimizer.lr = 9e-6
+    c.data.response_len = SEQ_LEN - PROMPT_LEN
+  return c
