@@ -1,7 +1,9 @@
 """Autoregressive sampling with the KV cache: one jitted program, fixed shapes.
 
-A prefill writes the left-padded prompt into a cache of P + N slots, then a `lax.while_loop`
-draws one token per step (temperature, top-k, top-p) until N tokens or every row has hit EOS.
+A prefill writes the left-padded prompt into a cache of P + N - 1 slots, then a
+`lax.while_loop` draws one token per step (temperature, top-k, top-p) and feeds it back, until
+N - 1 tokens or every row has hit EOS; the last token is drawn after the loop, with no forward.
+Each step costs time proportional to the filled cache length (see models/attention.py).
 Log-probs are those of the chosen token under the temperature-scaled full softmax (logits / T),
 as lm-human-preferences: the policy's log-prob of what it sampled, before any truncation.
 """
@@ -95,27 +97,36 @@ def sample(params: Any, config: ModelConfig, prompt_tokens: jax.Array, prompt_ma
   variables = {'params': params}
   b, p = prompt_tokens.shape
   n = max_new_tokens
-  cache = init_cache(config, b, p + n)
+  if n < 1:
+    raise ValueError(f'max_new_tokens must be at least 1, got {n}')
+  # The last token is never fed back, so the cache needs P + N - 1 slots.
+  cache = init_cache(config, b, p + n - 1)
   logits, cache = model.apply(variables, prompt_tokens, prompt_mask, cache=cache, last_only=True)
   init = dict(i=jnp.zeros((), jnp.int32), cache=cache, logits=logits[:, 0],
               done=jnp.zeros((b,), bool), tokens=jnp.full((b, n), pad_id, jnp.int32),
               logprobs=jnp.zeros((b, n), jnp.float32), mask=jnp.zeros((b, n), bool))
 
-  def body(s):
+  def pick(s):
+    """Chooses and records token i from s['logits']; returns (state, token [B], live [B])."""
     token, logprob = _choose(s['logits'], jax.random.fold_in(rng, s['i']), temperature, top_k,
                              top_p)
     live = ~s['done']
     token = jnp.where(live, token, pad_id)
     write = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None], (0, s['i']))
     done = s['done'] if eos_id is None else s['done'] | (token == eos_id)
-    logits, cache = model.apply(variables, token[:, None], live[:, None], cache=s['cache'])
-    return dict(i=s['i'] + 1, cache=cache, logits=logits[:, 0], done=done,
-                tokens=write(s['tokens'], token),
+    return dict(s, i=s['i'] + 1, done=done, tokens=write(s['tokens'], token),
                 logprobs=write(s['logprobs'], jnp.where(live, logprob, 0.0)),
-                mask=write(s['mask'], live))
+                mask=write(s['mask'], live)), token, live
+
+  def body(s):
+    s, token, live = pick(s)
+    logits, cache = model.apply(variables, token[:, None], live[:, None], cache=s['cache'])
+    return dict(s, cache=cache, logits=logits[:, 0])
 
   def cond(s):
-    return (s['i'] < n) & ~jnp.all(s['done'])
+    return (s['i'] < n - 1) & ~jnp.all(s['done'])
 
-  out = jax.lax.while_loop(cond, body, init)
+  # The loop feeds back tokens 0 .. N - 2; token N - 1 needs no forward after it (after an early
+  # stop, every row is done and this last pick writes padding only).
+  out, _, _ = pick(jax.lax.while_loop(cond, body, init))
   return SampleOutput(tokens=out['tokens'], logprobs=out['logprobs'], mask=out['mask'])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rlhf_jax.config_lib import GEOMETRIES
-from rlhf_jax.models import LanguageModel, ScalarModel, init_cache, last_token_value
-from rlhf_jax.models.decoder import rope_inv_freq
+from rlhf_jax.models import LanguageModel, ScalarModel, attention, init_cache, last_token_value
+from rlhf_jax.models.decoder import attention_masks, rope_inv_freq
 
 # fp32 against a float64 reference: rounding through two layers of O(1) activations stays near
 # 1e-6, while a real bug (a leaked pad key, a shifted position) moves logits by 1e-2 or more
@@ -194,8 +194,14 @@ def test_padding_invariance(flavour, left):
 
 
 @pytest.mark.parametrize('flavour', ['gpt3', 'llama'])
-def test_cache_prefill_and_steps_match_full_forward(flavour):
-  """Left-padded prompts, prefill, then one token at a time == one full forward."""
+@pytest.mark.parametrize('block', [attention.KV_BLOCK, 4], ids=['one_block', 'blocks_of_4'])
+def test_cache_prefill_and_steps_match_full_forward(flavour, block, monkeypatch):
+  """Left-padded prompts, prefill, then one token at a time == one full forward.
+
+  With blocks of 4 the 11-slot cache spans three blocks (the last one clamped), and the shortest
+  prompt's padding fills the whole first block.
+  """
+  monkeypatch.setattr(attention, 'KV_BLOCK', block)
   c = FLAVOURS[flavour]
   params = _params(c)
   n_new = 5
@@ -212,6 +218,35 @@ def test_cache_prefill_and_steps_match_full_forward(flavour):
     np.testing.assert_allclose(logits[:, 0], full[:, 6 + i], **TOL)
   assert int(cache.index) == 6 + n_new
   np.testing.assert_array_equal(cache.positions, np.array([6, 3, 1]) + n_new)
+
+
+@pytest.mark.parametrize('write_index, t', [(0, 5), (3, 2), (8, 1), (9, 3), (13, 1)])
+def test_blockwise_cached_attention_matches_dense(write_index, t, monkeypatch):
+  """Blocks of 4 over a 14-slot cache == dense attention over the cache with the chunk written.
+
+  Covers no filled block (prefill), partial and whole blocks, the clamped last block (slots 12-13
+  re-read from 10), rows whose left padding fills whole blocks, a band, GQA, and stale slots
+  past the chunk (random, never read).
+  """
+  monkeypatch.setattr(attention, 'KV_BLOCK', 4)
+  b, n_kv, g, dh, slots, layer = 3, 2, 2, 8, 14, 1
+  keys = jax.random.split(jax.random.key(0), 5)
+  q = jax.random.normal(keys[0], (b, t, n_kv, g, dh))
+  k, v = (jax.random.normal(key, (b, t, n_kv, dh)) for key in keys[1:3])
+  cache_k, cache_v = (jax.random.normal(key, (2, b, n_kv, slots, dh)) for key in keys[3:])
+  k_slot = jnp.arange(slots)
+  q_slot = write_index + jnp.arange(t)
+  key_valid = k_slot[None] >= jnp.array([0, 5, 9])[:, None]  # left padding per row
+  k_pos = jnp.cumsum(key_valid, axis=1) - 1
+  _, mask = attention_masks(k_pos[:, q_slot], k_pos, q_slot, k_slot, key_valid, window=6)
+  got = attention.cached_attention(q, k, v, cache_k, cache_v, layer, mask, write_index)
+  write = lambda cache, new: jax.lax.dynamic_update_slice(
+      cache[layer].transpose(0, 2, 1, 3), new, (0, write_index, 0, 0))  # dense layout [B, S, K, Dh]
+  written = mask & (k_slot < write_index + t)
+  want = attention.dense_attention(q, write(cache_k, k), write(cache_v, v), written, lambda p: p)
+  real = np.asarray(key_valid[:, q_slot])  # padding queries have no valid key: output unused
+  assert real.any()
+  np.testing.assert_allclose(got[real], want[real], **TOL)
 
 
 def test_scan_axis_and_logical_names():

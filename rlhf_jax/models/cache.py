@@ -14,7 +14,8 @@ class KVCache:
   prompt leaves invalid slots that `mask` hides from attention.
 
   Attributes:
-    k, v: [L, B, S, K, Dh] rotated keys and values (compute dtype).
+    k, v: [L, B, K, S, Dh] rotated keys and values (compute dtype); slots after heads, so that
+      a block of slots of one (row, head) is contiguous (see attention.cached_attention).
     mask: [B, S] bool, True where a slot holds a real token.
     index: [] int32, the next slot to write (same for every row).
     positions: [B] int32, the position id the row's next real token gets.
@@ -27,12 +28,12 @@ class KVCache:
 
   @property
   def max_len(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[3]
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> KVCache:
-  """An empty cache of `max_len` slots; writes past max_len would be clamped, so size it P + N."""
-  shape = (config.n_layers, batch_size, max_len, config.kv_heads, config.d_head)
+  """An empty cache of `max_len` slots (writes past the end would be clamped: fit every write)."""
+  shape = (config.n_layers, batch_size, config.kv_heads, max_len, config.d_head)
   return KVCache(k=jnp.zeros(shape, config.dtype), v=jnp.zeros(shape, config.dtype),
                  mask=jnp.zeros((batch_size, max_len), bool), index=jnp.zeros((), jnp.int32),
                  positions=jnp.zeros((batch_size,), jnp.int32))

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.models.attention import cached_attention, dense_attention
 from rlhf_jax.models.cache import KVCache
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.sharding import constrain
@@ -139,10 +140,21 @@ class Attention(nn.Module):
                            bias_init=_zeros(names), name=name)(x)
 
   @nn.compact
-  def __call__(self, x, mask, rope, kv, write_index):
-    """x [B, T, D]; mask [B, T, S] over all slots (the chunk's own tokens at slots write_index..);
-    rope (cos, sin) or None; kv: this layer's cached (k, v) [B, S, K, Dh] or None (then S = T).
-    Returns (out [B, T, D], (k, v) [B, T, K, Dh] of this chunk: the caller writes them once)."""
+  def __call__(self, x, mask, rope, cache, layer):
+    """Self-attention of a chunk, over its own keys or over a KV cache plus its own keys.
+
+    Args:
+      x: [B, T, D].
+      mask: [B, T, S] bool; without a cache S = T, with one S is the cache's slot count and the
+        chunk's own keys sit at slots write_index + [0, T).
+      rope: (cos, sin) [B, T, rot_dim], or None for learned positions.
+      cache: None, or (k, v, write_index): every layer's cache [L, B, K, S, Dh] (read only; the
+        caller writes this chunk's keys once for all layers) and the number of filled slots.
+      layer: [] int32, this layer's index into the cache's L axis.
+
+    Returns:
+      (out [B, T, D], this chunk's (k, v) [B, T, K, Dh] when there is a cache, else None).
+    """
     c = self.config
     q = constrain(self._proj(x, c.n_heads, 'query', ('heads', 'kv')), BTHD)
     k = constrain(self._proj(x, c.kv_heads, 'key', ('kv_heads', 'kv')), BTKD)
@@ -151,35 +163,18 @@ class Attention(nn.Module):
       q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
     b, t, _, _ = q.shape
     q = q.reshape(b, t, c.kv_heads, c.n_heads // c.kv_heads, c.d_head)
-    if kv is None:
-      keys, values = [k], [v]
-      masks = [mask]
+    if cache is None:
+      dropout = lambda p: nn.Dropout(c.attn_dropout)(p, deterministic=self.deterministic)
+      out = dense_attention(q, k, v, mask, dropout)
     else:
-      # Attend to the cache as it was plus the chunk's own keys, instead of first writing the
-      # chunk into the layer's cache: that write would copy all S slots per layer and step,
-      # making decoding cost grow with the cache length far faster than attention itself.
-      slots = jnp.arange(kv[0].shape[1])
-      old = mask & (slots < write_index)[None, None, :]
-      own = jax.lax.dynamic_slice_in_dim(mask, write_index, t, axis=2)
-      keys, values, masks = [kv[0], k], [kv[1], v], [old, own]
-    scores = jnp.concatenate(
-        [jnp.einsum('btkgd,bskd->bkgts', q, key.astype(c.dtype),
-                    preferred_element_type=jnp.float32) for key in keys], axis=-1)
-    scores = scores / np.sqrt(c.d_head)
-    # A finite floor (not -inf) keeps rows with no valid key (padding queries) free of NaNs.
-    scores = jnp.where(jnp.concatenate(masks, axis=-1)[:, None, None], scores,
-                       jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(c.dtype)
-    probs = nn.Dropout(c.attn_dropout)(probs, deterministic=self.deterministic)
-    splits = np.cumsum([key.shape[1] for key in keys])[:-1]
-    out = sum(jnp.einsum('bkgts,bskd->btkgd', p, value.astype(c.dtype))
-              for p, value in zip(jnp.split(probs, splits, axis=-1), values))
+      # Decoding is inference only: the cached path has no attention dropout.
+      out = cached_attention(q, k, v, *cache[:2], layer, mask, cache[2])
     out = out.reshape(b, t, c.n_heads, c.d_head)
     out = nn.DenseGeneral(c.d_model, axis=(-2, -1), use_bias=c.use_bias, dtype=c.dtype,
                           param_dtype=c.param_dtype,
                           kernel_init=_init(('heads', 'kv', 'embed'), _resid_std(c)),
                           bias_init=_zeros(('embed',)), name='out')(constrain(out, BTHD))
-    return out, (k, v)
+    return out, None if cache is None else (k, v)
 
 
 class Mlp(nn.Module):
@@ -210,16 +205,16 @@ class Block(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x, layer, ctx):
-    """x [B, T, D]; layer = (index [], kv (k, v) [B, S, K, Dh] or None);
-    ctx = (rope, dense mask, banded mask or None, write_index). Returns (x, kv)."""
+  def __call__(self, x, index, ctx):
+    """x [B, T, D]; index [] the layer's number (scanned); ctx = (rope, dense mask, banded mask
+    or None, cache (k, v, write_index) or None), broadcast to every layer (see Attention).
+    Returns (x, this chunk's (k, v) [B, T, K, Dh] or None)."""
     c = self.config
-    index, kv = layer
-    rope, dense, banded, write_index = ctx
+    rope, dense, banded, cache = ctx
     mask = dense if banded is None else jnp.where(index % 2 == 1, banded, dense)
     drop = lambda y: nn.Dropout(c.resid_dropout)(y, deterministic=self.deterministic)
     attn = Attention(c, self.deterministic, name='attn')
-    attn_out, kv = attn(Norm(c, name='ln_attn')(x), mask, rope, kv, write_index)
+    attn_out, kv = attn(Norm(c, name='ln_attn')(x), mask, rope, cache, index)
     if c.parallel_residual:  # NeoX: both branches read x.
       x = x + drop(attn_out) + drop(Mlp(c, name='mlp')(Norm(c, name='ln_mlp')(x)))
     else:
@@ -268,14 +263,15 @@ class Trunk(nn.Module):
     rope = rotary_tables(c, pos) if c.positions == 'rotary' else None
     window = c.local_window if c.attention_pattern == 'alternating' else None
     dense, banded = attention_masks(pos, k_pos, q_slot, k_slot, key_valid, window)
-    kv = None if cache is None else (cache.k, cache.v)
-    layer_inputs = (jnp.arange(c.n_layers), kv)
-    x, kv = self.layers(x, layer_inputs, (rope, dense, banded, write_index))
+    # The whole cache is broadcast to every layer rather than scanned over: a scanned input
+    # would slice out (copy) each layer's full [B, K, S, Dh] every step, filled or not.
+    kv = None if cache is None else (cache.k, cache.v, write_index)
+    x, kv = self.layers(x, jnp.arange(c.n_layers), (rope, dense, banded, kv))
     new_cache = None
     if cache is not None:
-      # One in-place write of every layer's new keys/values: [L, B, T, K, Dh] at slot `index`.
+      # One in-place write of every layer's new keys/values [L, B, T, K, Dh] at slot `index`.
       write = lambda full, new: jax.lax.dynamic_update_slice(
-          full, new.astype(full.dtype), (0, 0, write_index, 0, 0))
+          full, new.transpose(0, 1, 3, 2, 4).astype(full.dtype), (0, 0, 0, write_index, 0))
       new_cache = cache.replace(k=write(cache.k, kv[0]), v=write(cache.v, kv[1]), mask=key_valid,
                                 index=cache.index + tokens.shape[1],
                                 positions=cache.positions + mask.sum(axis=1, dtype=jnp.int32))
