@@ -1,8 +1,10 @@
-"""HH-RLHF recipe, stage ppo_ptx (see recipe.py in this folder)."""
+"""Recipe hh, stage ppo_ptx (see configs/recipes/recipe.py)."""
+import pathlib
+
 from rlhf_jax import config_lib
 
-recipe = config_lib.sibling_config(__file__, 'recipe')
+recipe = config_lib.sibling_config(str(pathlib.Path(__file__).parent), 'recipe')
 
 
 def get_config(arg=None):
-  return recipe.recipe('ppo_ptx', arg)
+  return recipe.recipe('ppo_ptx', arg, 'hh')

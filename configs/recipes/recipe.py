@@ -1,8 +1,9 @@
-"""Recipe: InstructGPT's three steps on Anthropic HH-RLHF, from Pythia-1B (default) or GPT-2.
+"""Real-data recipes: InstructGPT's three steps on a public preference dataset (a folder per
+dataset: hh/ for Anthropic HH-RLHF, tldr/ for OpenAI's summarize-from-feedback), from
+Pythia-1B (default) or GPT-2, on one GPU or a TPU v5e-8.
 
-Not runnable here (no downloads); `tests/test_recipes.py` loads and validates every stage and
-`python -m rlhf_jax.aot --config=configs/recipes/hh/ppo_ptx.py` checks the fit. On a machine
-with the data and a checkpoint:
+Not runnable here (no downloads); `tests/test_recipes.py` loads and validates every stage. On a
+machine with the data and a checkpoint (the README lists the commands):
 
   huggingface-cli download EleutherAI/pythia-1b --local-dir checkpoints/pythia-1b
   python -m rlhf_jax.data convert --format=hh-rlhf hh/train.jsonl data/hh/rankings.jsonl
@@ -11,8 +12,9 @@ with the data and a checkpoint:
   python -m rlhf_jax.main --config=configs/recipes/hh/ppo_ptx.py:pythia-1b
 
 The PPO-ptx stage runs its missing inputs (sft_init, label = import of the rankings, rm, sft)
-with the sibling files of this folder. Hyperparameters are the paper's 1.3B ones (App. C). Pretraining text for ptx and sft_init (C.3) is any {"text"} JSONL
-of the base model's pretraining distribution (e.g. a Pile slice for Pythia).
+with the sibling files of its folder. Hyperparameters are the paper's 1.3B ones (App. C).
+Pretraining text for ptx and sft_init (C.3) is any {"text"} JSONL of the base model's
+pretraining distribution (e.g. a Pile slice for Pythia).
 """
 from rlhf_jax import config_lib
 
@@ -27,12 +29,14 @@ STAGE_FIELDS = {
                     ema_decay=0.992),
     'label': {},
 }
-# HH dialogues are long; responses are short. GPT-2's context is 1024 tokens.
-SEQ_LEN, PROMPT_LEN = 1024, 768
+# (sequence, prompt) tokens; GPT-2's context is 1024. HH dialogues are long with short replies;
+# TL;DR posts are up to ~512 tokens with summaries under ~50 (lm-human-preferences used 500 + 75).
+LENGTHS = {'hh': (1024, 768), 'tldr': (640, 512)}
 
 
-def recipe(stage: str, arg: str | None):
-  """The shipped stage config, moved onto HH data, a HF checkpoint and one accelerator."""
+def recipe(stage: str, arg: str | None, dataset: str):
+  """The shipped stage config, moved onto the dataset, a HF checkpoint and one accelerator."""
+  seq_len, prompt_len = LENGTHS[dataset]
   geometry = arg or 'pythia-1b'
   if geometry not in CHECKPOINTS:
     raise config_lib.ConfigError(f'recipe geometry {geometry!r}; use one of {sorted(CHECKPOINTS)}')
@@ -44,23 +48,24 @@ def recipe(stage: str, arg: str | None):
   c.update(fields)
   if stage in ('sft', 'sft_init'):
     c.init_from = f'hf:{CHECKPOINTS[geometry]}'
-  c.workdir = f'runs/hh_{geometry}'
+  c.workdir = f'runs/{dataset}_{geometry}'
   # One GPU or a TPU v5e-8: data parallel over what is there; bf16 compute, fp32 master weights.
   c.mesh = config_lib.ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.model.dtype = 'bfloat16'
   c.model.remat = 'full'
   if 'data' in c:
-    c.data.seq_len, c.data.prompt_len, c.data.response_len = SEQ_LEN, PROMPT_LEN, SEQ_LEN - PROMPT_LEN
+    c.data.seq_len, c.data.prompt_len, c.data.response_len = seq_len, prompt_len, seq_len - prompt_len
     c.data.tokenizer = CHECKPOINTS[geometry]
     c.data.update(dict(
         pretrain='data/pretrain/text.jsonl', pretrain_valid='data/pretrain/text_valid.jsonl',
-        demonstrations='data/hh/demonstrations.jsonl',
-        demonstrations_valid='data/hh/demonstrations_valid.jsonl',
-        rankings='data/hh/rankings.jsonl', rankings_valid='data/hh/rankings_valid.jsonl',
-        prompts='data/hh/prompts.jsonl', prompts_valid='data/hh/prompts_valid.jsonl'))
+        demonstrations=f'data/{dataset}/demonstrations.jsonl',
+        demonstrations_valid=f'data/{dataset}/demonstrations_valid.jsonl',
+        rankings=f'data/{dataset}/rankings.jsonl',
+        rankings_valid=f'data/{dataset}/rankings_valid.jsonl',
+        prompts=f'data/{dataset}/prompts.jsonl', prompts_valid=f'data/{dataset}/prompts_valid.jsonl'))
   if 'reward_model' in c:  # the RM and value function are the same model family
     c.reward_model = config_lib.model_config_dict(geometry)
     c.reward_model.dtype, c.reward_model.remat = 'bfloat16', 'full'
     c.value_optimizer.lr = 9e-6
-    c.data.response_len = SEQ_LEN - PROMPT_LEN
+    c.data.response_len = seq_len - prompt_len
   return c
