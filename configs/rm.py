@@ -6,6 +6,13 @@ batch, each with all C(K,2) comparisons of its K = 4..9 ranked completions as on
 from rlhf_jax import config_lib
 
 MINI_LR = 1e-4  # mini-world RMs start from a tiny SFT model; 9e-6 barely moves them.
+# Mini-world batch: the ~500 sampled training prompts then give ~30 updates instead of 8.
+MINI_BATCH = 16
+# Paper geometries: bf16 compute over fp32 master weights (App. C: "fp16 weights and activations,
+# with fp32 master copies"; bf16 needs no loss scaling), per-layer remat, and the v5p slice on which
+# `python -m rlhf_jax.aot` finds every step fits (README, "Fit before you launch").
+# The RM is 6B for every policy size, so one setting: (topology, remat policy).
+SCALE = ('v5p:4x4x2', 'full')
 
 
 def get_config(arg=None):
@@ -15,11 +22,17 @@ def get_config(arg=None):
   c = config_lib.base_config(rm_geometry)
   c.stage = 'rm'
   c.mesh = config_lib.mesh_for(rm_geometry)
+  if geometry in config_lib.PAPER_GEOMETRIES:
+    c.topology, c.model.remat = SCALE
+    c.model.dtype = 'bfloat16'
   c.data = config_lib.data_config(c.model.geometry)
   lr = 9e-6 if geometry in config_lib.PAPER_GEOMETRIES else MINI_LR
   c.optimizer = config_lib.optimizer_config(lr, schedule='cosine', final_lr_frac=0.1)
-  c.batch_size = 64  # prompts
+  c.batch_size = 64 if geometry in config_lib.PAPER_GEOMETRIES else MINI_BATCH  # prompts
   c.k_max = 9
+  # Validation on both labeler sets: periodically at paper scale (an epoch is ~500 steps); the
+  # mini run's ~30 steps are evaluated once at the end (summary.json).
+  c.eval_every = 100 if geometry in config_lib.PAPER_GEOMETRIES else 0
   c.epochs = 1
   c.init_from = 'sft'
   return c

@@ -186,7 +186,8 @@ def load_params(stage_dir: str, abstract_params: Any, shardings: Any = None, *,
     stage_dir: the completed stage's folder.
     abstract_params: the target tree (ShapeDtypeStructs), e.g. state.abstract_params(...).
     shardings: NamedShardings for it; None keeps the target's own `.sharding`.
-    field: which field of the saved state holds the parameters.
+    field: which field of the saved state holds the parameters; dots reach into nested states
+      ('ema_params' or 'policy.params' of a PPOState).
     fingerprint: if given, the checkpoint's fingerprint entries of the same keys must match.
 
   Raises:
@@ -206,8 +207,13 @@ def load_params(stage_dir: str, abstract_params: Any, shardings: Any = None, *,
     stored = meta[META]['fingerprint']
     _check_fingerprint(path, {k: stored.get(k) for k in fingerprint}, fingerprint)
   target = abstract_params if shardings is None else with_shardings(abstract_params, shardings)
-  params = _restore_tree(manager, step, path, {field: target}, partial=True)[field]
+  keys = field.split('.')
+  for key in reversed(keys):
+    target = {key: target}
+  params = _restore_tree(manager, step, path, target, partial=True)
   manager.close()
+  for key in keys:
+    params = params[key]
   return params
 
 

@@ -15,6 +15,7 @@ GOOD = {
     'rankings': {'prompt': 'Name a colour.', 'completions': [' red', ' dog', ''],
                  'ranks': [0, 2, 1], 'labeler': 'L07'},
     'prompts': {'prompt': 'Name a colour.', 'customer': 'c12', 'category': 'generation'},
+    'samples': {'prompt': 'Name a colour.', 'completions': [' red', '']},
 }
 
 

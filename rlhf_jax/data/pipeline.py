@@ -187,11 +187,37 @@ def _pack(ds: grain.IterDataset, kind: str, *, seq_len: int, batch_size: int,
   """Packed rows of seq_len tokens (see the module docstring)."""
   lengths = {'tokens': seq_len, 'loss_mask': seq_len}
   if kind == 'text':
-    return grain_x.ConcatThenSplitIterDataset(ds, length_struct=lengths)
+    return _JsonStateConcatThenSplit(grain_x.ConcatThenSplitIterDataset(ds, length_struct=lengths))
   if kind == 'demonstrations':
     return grain_x.FirstFitPackIterDataset(ds, length_struct=lengths, seed=seed,
                                            num_packing_bins=batch_size)
   raise ValueError(f'pack=True is for text and demonstrations, not {kind}')
+
+
+class _JsonStateIterator(grain.DatasetIterator):
+  """grain's concat-then-split iterator, restorable from its state after a JSON round trip.
+
+  grain (0.2.18) tells whether the state holds a partly used document by comparing its
+  `remainder_slices` with the tuple (-1, -1); JSON, the checkpoint format, turns them into
+  lists, so a state saved between documents restores as if one were half used and the batches
+  after the restore differ. Tuples are put back before grain sees the state.
+  """
+
+  def __next__(self) -> dict:
+    return next(self._parent)
+
+  def get_state(self) -> dict:
+    return self._parent.get_state()
+
+  def set_state(self, state: dict) -> None:
+    slices = {key: tuple(value) for key, value in state['remainder_slices'].items()}
+    self._parent.set_state({**state, 'remainder_slices': slices})
+
+
+class _JsonStateConcatThenSplit(grain.IterDataset):
+
+  def __iter__(self) -> _JsonStateIterator:
+    return _JsonStateIterator(iter(self._parent))
 
 
 def make_dataset(kind: str, source: Any, tokenizer: Tokenizer, *, batch_size: int,

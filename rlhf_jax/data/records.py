@@ -6,12 +6,13 @@ Every file is UTF-8 JSONL, one JSON object per line:
   demonstrations  {"prompt": str, "completion": str}
   rankings        {"prompt": str, "completions": [K str], "ranks": [K int], "labeler": str}
   prompts         {"prompt": str, "customer": str, "category": str}
+  samples         {"prompt": str, "completions": [K str]}   (unranked: the labelers' input)
 
 Rules (a record breaking one is an error, never skipped):
   - `text`, `prompt`, `completion`, `labeler`, `customer`, `category` are non-empty strings, and
     not whitespace only: an empty prompt or demonstration teaches nothing.
-  - Ranking `completions` may be empty strings: a policy can sample an empty response, and
-    ranking it last is real signal.
+  - Ranking and sample `completions` may be empty strings: a policy can sample an empty
+    response, and ranking it last is real signal.
   - K = len(completions) >= 2, no upper bound (the paper uses 4..9, HH-RLHF has 2).
   - `ranks` has K integers in [0, K), 0 = best, equal = tie, with at least two distinct values:
     an all-tie ranking yields no comparison. Gaps are fine ([0, 2, 2] == [0, 1, 1]).
@@ -29,7 +30,7 @@ import os
 import uuid
 from typing import Any, Iterable, Iterator
 
-KINDS = ('text', 'demonstrations', 'rankings', 'prompts')
+KINDS = ('text', 'demonstrations', 'rankings', 'prompts', 'samples')
 OPTIONAL_FIELDS = ('id', 'meta')
 
 # The required fields of each kind, in the order records are written.
@@ -38,6 +39,7 @@ FIELDS = {
     'demonstrations': ('prompt', 'completion'),
     'rankings': ('prompt', 'completions', 'ranks', 'labeler'),
     'prompts': ('prompt', 'customer', 'category'),
+    'samples': ('prompt', 'completions'),
 }
 _TEXT_FIELDS = ('text', 'prompt', 'completion', 'labeler', 'customer', 'category')
 
@@ -153,8 +155,9 @@ def validate_record(record: dict, kind: str) -> dict:
     if key not in record:
       raise RecordError(key, 'missing')
   out = {key: _check_string(record[key], key) for key in fields if key in _TEXT_FIELDS}
-  if kind == 'rankings':
+  if kind in ('rankings', 'samples'):
     out['completions'] = _check_completions(record['completions'])
+  if kind == 'rankings':
     out['ranks'] = _check_ranks(record['ranks'], len(out['completions']))
   out = {key: out[key] for key in fields}
   if 'id' in record:

@@ -33,8 +33,9 @@ _EXTRA = 'extra'  # JSON of the record's optional fields, '' when it has none.
 def _features(kind: str) -> tfds.features.FeaturesDict:
   text = tfds.features.Text()
   features = {field: text for field in records.FIELDS[kind]}
-  if kind == 'rankings':
+  if 'completions' in features:
     features['completions'] = tfds.features.Sequence(text)
+  if kind == 'rankings':
     features['ranks'] = tfds.features.Sequence(np.int32)
   return tfds.features.FeaturesDict({**features, _EXTRA: text})
 

@@ -6,6 +6,7 @@ every stage it needs whose folder is not complete, so the main command works on 
 """
 import importlib
 import pathlib
+import shutil
 import time
 
 import ml_collections
@@ -24,6 +25,13 @@ NEEDS: dict[str, tuple[str, ...]] = {
     'pretrain': ('world',),
     'sft': ('pretrain',),
     'sft_init': ('pretrain',),
+    'sample': ('pretrain', 'sft'),
+    'label': ('sample',),
+    'rm': ('label', 'sft'),
+    'ppo': ('sft_init', 'rm'),
+    'ppo_ptx': ('sft_init', 'rm'),
+    # Also evaluates gpt, gpt_prompted, ppo and ppo_ptx when complete; SFT is the baseline.
+    'eval': ('world', 'sft'),
 }
 # stage -> 'module:function' running it as `function(config, stage_dir) -> summary dict`.
 RUNNERS = {
@@ -31,11 +39,24 @@ RUNNERS = {
     'pretrain': 'lm:run_lm',
     'sft': 'lm:run_lm',
     'sft_init': 'lm:run_lm',
+    'sample': 'sample:run',
+    'label': 'label:run',
+    'rm': 'rm:run_rm',
+    'ppo': 'ppo:run_ppo',
+    'ppo_ptx': 'ppo:run_ppo',
+    'eval': 'eval:run',
 }
 
 
+# Stages whose folder is named for what it holds rather than for the stage.
+FOLDERS = {'world': 'data', 'sample': 'samples', 'label': 'labels'}
+# Data fields a dependency inherits from the stage that asked for it (user data, world size).
+SHARED_DATA = ('world_scale', 'tokenizer', 'pretrain', 'pretrain_valid', 'demonstrations',
+               'demonstrations_valid', 'rankings', 'rankings_valid', 'prompts', 'prompts_valid')
+
+
 def stage_dir(workdir: str, stage: str) -> pathlib.Path:
-  return pathlib.Path(workdir) / ('data' if stage == 'world' else stage)
+  return pathlib.Path(workdir) / FOLDERS.get(stage, stage)
 
 
 def summary(workdir: str, stage: str) -> dict | None:
@@ -45,28 +66,65 @@ def summary(workdir: str, stage: str) -> dict | None:
 
 def dependency_config(config: ml_collections.ConfigDict, stage: str,
                       config_dir: pathlib.Path) -> ml_collections.ConfigDict:
-  """The shipped config of `stage` at the same geometry, sharing workdir, seed and data sizes."""
+  """The shipped config of `stage` at the same geometry, sharing workdir, seed and data sizes.
+
+  Its own `then` is dropped: only the stage a user asked for continues to follow-up stages.
+  """
   dep = config_lib.load_config(f'{config_dir / (stage + ".py")}:{config.model.geometry}')
   dep.workdir, dep.seed = config.workdir, config.seed
+  if 'then' in dep:
+    dep.then = ()
   if 'data' in config and 'data' in dep:
-    dep.data.world_scale = config.data.world_scale
+    for field in SHARED_DATA:
+      if field in config.data and field in dep.data:
+        dep.data[field] = config.data[field]
   return dep
+
+
+def needs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The stages `config.stage` reads, less those whose output the config supplies itself: a
+  Hugging Face init replaces 'pretrain', a user tokenizer (with user data) replaces the mini
+  'world', and imported human rankings replace 'sample'."""
+  supplied = set()
+  if str(config.get('init_from', '')).startswith('hf:'):
+    supplied.add('pretrain')
+  data = config.get('data') or {}
+  if data.get('tokenizer'):
+    supplied.add('world')
+  if data.get('rankings'):
+    supplied.add('sample')
+  return tuple(n for n in NEEDS[config.stage] if n not in supplied)
 
 
 def run(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path = 'configs',
         force: bool = False) -> dict:
-  """Runs `config.stage` after any missing inputs; returns its summary."""
+  """Runs `config.stage` after any missing inputs, then the stages in `config.then` (if any).
+
+  Returns:
+    The summary of `config.stage`.
+  """
   stage = config.stage
   if stage not in NEEDS:
     raise config_lib.ConfigError(f'stage {stage!r} unknown; known: {", ".join(NEEDS)}')
-  for need in NEEDS[stage]:
+  for need in needs(config):
     if summary(config.workdir, need) is None:
       print(f'[{stage}] input {need!r} missing in {config.workdir}: running it first', flush=True)
       run(dependency_config(config, need, pathlib.Path(config_dir)), config_dir)
+  result = _run_stage(config, force)
+  for follow_up in config.get('then', ()):
+    run(dependency_config(config, follow_up, pathlib.Path(config_dir)), config_dir)
+  return result
+
+
+def _run_stage(config: ml_collections.ConfigDict, force: bool) -> dict:
+  """Runs `config.stage` itself unless complete (or forced); writes and returns its summary."""
+  stage = config.stage
   done = summary(config.workdir, stage)
   if done is not None and not force:
     print(f'[{stage}] already complete in {stage_dir(config.workdir, stage)}', flush=True)
     return done
+  if force and stage_dir(config.workdir, stage).exists():
+    shutil.rmtree(stage_dir(config.workdir, stage))  # forced: start over, not resume
   start = time.time()
   module, function = RUNNERS[stage].split(':')
   runner = getattr(importlib.import_module(f'rlhf_jax.stages.{module}'), function)

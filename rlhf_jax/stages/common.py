@@ -1,14 +1,17 @@
 """What every training stage needs: data paths, mesh, tokenizer, initial parameters, exit codes."""
 import functools
+import itertools
 import pathlib
 import sys
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 
 from rlhf_jax import checkpoint, config_lib, sharding, state
-from rlhf_jax.data import tokenizers
+from rlhf_jax.data import pipeline, tokenizers
 from rlhf_jax.models import ModelConfig
 from rlhf_jax.stages import world
 
@@ -91,6 +94,30 @@ def _load_hf(path: str, model: ModelConfig, mesh, tokenizer):
     raise config_lib.ConfigError(f'{path}: the Hugging Face model has ' + ', '.join(diff) +
                                  '; pick the matching geometry (e.g. configs/<stage>.py:gpt2)')
   return hf_import.load_hf(path, mesh=mesh, dtype=model.param_dtype, tokenizer=tokenizer)[1]
+
+
+def padded_batches(kind: str, path, tok, config, batch_size: int,
+                   k_max: int = 9) -> Iterator[tuple[dict, int]]:
+  """(batch, real rows) over every record of `path` in order, the last batch padded.
+
+  Evaluation must see every record, so rows come one by one and the final batch is filled with
+  all-padding rows (valid / mask False) that the masked sums of the eval step ignore.
+  """
+  rows = pipeline.make_dataset(kind, path, tok, batch_size=1, seq_len=config.data.seq_len,
+                               prompt_len=config.data.prompt_len, shuffle=False, num_epochs=1,
+                               shard_index=0, shard_count=1, k_max=k_max)
+  rows = iter(rows)
+  while chunk := list(itertools.islice(rows, batch_size)):
+    batch = {key: np.concatenate([r[key] for r in chunk]) for key in chunk[0]}
+    pad = batch_size - len(chunk)
+    if pad:
+      batch = {key: np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+               for key, x in batch.items()}
+      if 'tokens' in batch:
+        batch['tokens'][-pad:] = tok.pad_id
+      if 'ranks' in batch:
+        batch['ranks'][-pad:] = -1
+    yield batch, len(chunk)
 
 
 def train_flops_per_token(model: ModelConfig, seq_len: int) -> float:

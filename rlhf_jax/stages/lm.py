@@ -31,11 +31,10 @@ def _datasets(config, tok, n_rows: int, kind: str, path, mix_path=None):
 
 def _valid_loss_fn(config, tok, kind: str, path, model, mesh, prefix: str):
   """Exact validation NLL per token over the first EVAL_BATCHES batches of the validation set."""
-  batch_size = config.batch_size
-  valid = pipeline.make_dataset(kind, path, tok, batch_size=batch_size, seq_len=config.data.seq_len,
-                                prompt_len=config.data.prompt_len, seed=0, shuffle=False,
-                                num_epochs=1, shard_index=0, shard_count=1)
-  batches = list(itertools.islice(valid, EVAL_BATCHES))
+  # Every record up to EVAL_BATCHES batches, the last one padded: a validation set smaller
+  # than a batch still counts.
+  batches = [b for b, _ in itertools.islice(
+      common.padded_batches(kind, path, tok, config, config.batch_size), EVAL_BATCHES)]
   rows = sharding.batch_sharding(mesh)
   step = jax.jit(functools.partial(sft.sft_eval_step, model=model))
 

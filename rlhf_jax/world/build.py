@@ -51,6 +51,11 @@ def _stream(seed: int, name: str) -> int:
   return int.from_bytes(random.Random(f'{seed}/{name}').randbytes(4), 'little')
 
 
+def labeler_pool(seed: int, name: str, n_labelers: int = 40) -> list[labelers.Labeler]:
+  """The world's 'train' or 'heldout' labeler pool, as build_world draws it (and the card counts)."""
+  return labelers.make_pool(_stream(seed, 'labelers'), n_labelers, heldout=name == 'heldout')
+
+
 def build_world(seed: int = 0, scale: float = 0.05, n_pretrain: int | None = None,
                 n_labelers: int = 40) -> World:
   """Samples all datasets of a world.
@@ -71,9 +76,7 @@ def build_world(seed: int = 0, scale: float = 0.05, n_pretrain: int | None = Non
                       for s in ('sft', 'rm')},
       evals=public_evals.public_evals(_stream(seed, 'evals')),
       few_shot_prefix=corpus.few_shot_prefix(_stream(seed, 'few_shot')),
-      labelers={'train': labelers.make_pool(_stream(seed, 'labelers'), n_labelers),
-                'heldout': labelers.make_pool(_stream(seed, 'labelers'), n_labelers,
-                                              heldout=True)})
+      labelers={name: labeler_pool(seed, name, n_labelers) for name in ('train', 'heldout')})
 
 
 def _length_stats(texts: list[str]) -> dict[str, float]:

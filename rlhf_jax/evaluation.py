@@ -1,0 +1,254 @@
+"""Evaluation math and reporting (InstructGPT section 3.6, App. D): win rates with 95% intervals,
+Likert means, metadata rates, multiple-choice accuracy, the report, its markdown and its plots.
+
+Everything here works on results already judged or scored (the `eval` stage produces them), so it
+is plain Python and numpy:
+
+    outcomes = [pair_outcome(labeler.rank(p, [ours, sft])) for ...]   # 1 win, 0.5 tie, 0 loss
+    rate, (lo, hi) = win_rate(outcomes)
+"""
+import math
+import os
+import random
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+# Figures drawn without pyplot render to PNG with the Agg canvas and never touch the user's
+# interactive backend (a notebook keeps its inline plots).
+from matplotlib.figure import Figure
+
+from rlhf_jax.world import labelers, tasks
+
+BASELINE = 'sft'
+Z_95 = 1.959963984540054  # two-sided 95% normal quantile
+# Metadata flags plotted and tabled, in order: (report key, label).
+METADATA_RATES = (('fails_instruction_rate', 'fails instruction'),
+                  ('hallucination_rate', 'hallucination (closed domain)'),
+                  ('inappropriate_rate', 'inappropriate'),
+                  ('constraint_satisfied_rate', 'satisfies constraint'))
+
+
+def pair_outcome(ranks: Sequence[int]) -> float:
+  """A labeler's ranks of (policy response, baseline response), 0 best -> 1 win, 0.5 tie, 0 loss."""
+  ours, theirs = ranks
+  return 1.0 if ours < theirs else 0.5 if ours == theirs else 0.0
+
+
+def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
+  """Wilson score interval for a proportion successes / n (successes may be fractional).
+
+  Unlike the normal approximation it stays inside [0, 1] and is sensible at 0 or n successes.
+  With no trials the proportion is unknown: (0, 1).
+  """
+  if n == 0:
+    return 0.0, 1.0
+  p = successes / n
+  denom = 1 + z * z / n
+  centre = (p + z * z / (2 * n)) / denom
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def win_rate(outcomes: Sequence[float]) -> tuple[float, tuple[float, float]]:
+  """(win rate, 95% Wilson interval) of per-prompt outcomes from `pair_outcome`.
+
+  A tie counts as half a win (the paper's labeling UI encourages ties between outputs of similar
+  quality, so a policy identical to the baseline scores exactly 0.5); in the interval it is half a
+  success of one trial.
+  """
+  n = len(outcomes)
+  wins = float(np.sum(outcomes)) if n else 0.0
+  return (wins / n if n else float('nan')), wilson_interval(wins, n)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+  """Mean, or None (JSON null) when there is nothing to average."""
+  return float(np.mean(values)) if len(values) else None
+
+
+def likert_mean(scores: Sequence[int]) -> float | None:
+  """Mean overall quality on the paper's 1-7 Likert scale."""
+  return _mean(scores)
+
+
+def metadata_rates(metadata: Sequence[Mapping[str, bool | None]],
+                   categories: Sequence[str]) -> dict[str, float | int | None]:
+  """Rates of the paper's Table 3 flags over one policy's responses.
+
+  Hallucination counts on closed-domain tasks only (the paper's definition: making up information
+  not in the input), constraint satisfaction only where the prompt sets a constraint.
+
+  Args:
+    metadata: per response, `Labeler.metadata` (satisfies_constraint None when unconstrained).
+    categories: per response, the prompt's task family.
+  """
+  closed = [m['hallucination'] for m, c in zip(metadata, categories) if c in tasks.CLOSED_DOMAIN]
+  constrained = [m['satisfies_constraint'] for m in metadata
+                 if m['satisfies_constraint'] is not None]
+  return {
+      'fails_instruction_rate': _mean([m['fails_instruction'] for m in metadata]),
+      'hallucination_rate': _mean(closed),
+      'inappropriate_rate': _mean([m['inappropriate'] for m in metadata]),
+      'constraint_satisfied_rate': _mean(constrained),
+      'n_closed_domain': len(closed),
+      'n_constrained': len(constrained),
+  }
+
+
+def choice_accuracy(choice_scores: Sequence[Sequence[float]], answers: Sequence[int]) -> float:
+  """Multiple-choice accuracy: each item picks its choice of highest score (App. D: the average
+  per-token log-probability of the choice; the paper's v1 text says "lowest", a misprint)."""
+  picks = [int(np.argmax(scores)) for scores in choice_scores]
+  return float(np.mean([p == a for p, a in zip(picks, answers)]))
+
+
+def assign_labelers(pool: Sequence[labelers.Labeler], n_prompts: int,
+                    seed: int) -> list[labelers.Labeler]:
+  """One labeler per prompt, drawn at random from `pool`; the same for every policy, so each
+  prompt's comparisons are judged by one person."""
+  rng = random.Random(seed)
+  return [rng.choice(pool) for _ in range(n_prompts)]
+
+
+def judge_responses(judges: Sequence[labelers.Labeler], prompts: Sequence[str],
+                    responses: Sequence[str], baseline: Sequence[str]) -> dict[str, list]:
+  """Per prompt: outcome against the baseline's response, Likert score and metadata flags.
+
+  Args:
+    judges: the labeler of each prompt (`assign_labelers`).
+    prompts, responses, baseline: aligned lists, one entry per prompt.
+
+  Returns:
+    {'outcomes': [1 / 0.5 / 0], 'likerts': [1..7], 'metadata': [Labeler.metadata dicts]}.
+  """
+  out = {'outcomes': [], 'likerts': [], 'metadata': []}
+  for labeler, prompt, ours, theirs in zip(judges, prompts, responses, baseline):
+    out['outcomes'].append(pair_outcome(labeler.rank(prompt, [ours, theirs])))
+    out['likerts'].append(labeler.likert(prompt, ours))
+    out['metadata'].append(labeler.metadata(prompt, ours))
+  return out
+
+
+def policy_entry(judged: Mapping[str, list], categories: Sequence[str], pretrain_loss: float,
+                 public_evals: Mapping[str, float]) -> dict:
+  """One policy's report entry (a value of report.json's "policies") from `judge_responses`."""
+  outcomes = judged['outcomes']
+  rate, interval = win_rate(outcomes)
+  return {'win_rate_vs_sft': rate, 'win_rate_ci': list(interval),
+          'likert': likert_mean(judged['likerts']),
+          **metadata_rates(judged['metadata'], categories), 'pretrain_loss': pretrain_loss,
+          'public_evals': dict(public_evals), 'n_prompts': len(outcomes),
+          'ties': int(sum(o == 0.5 for o in outcomes))}
+
+
+def _cell(value, fmt: str = '{:.3f}') -> str:
+  return '-' if value is None or (isinstance(value, float) and math.isnan(value)) else (
+      fmt.format(value))
+
+
+def _one_line(text: str) -> str:
+  """Sampled text may hold newlines, which would break a markdown list item."""
+  return ' '.join(text.split())
+
+
+def render_markdown(report: Mapping) -> str:
+  """report.md: settings, one table row per policy, public evals, and example responses."""
+  policies = report['policies']
+  settings = (f'{report["n_prompts"]} held-out test prompts, responses sampled at temperature '
+              f'{report["temperature"]}, judged by the held-out labeler pool '
+              f'({report["labelers"]} labelers, one per prompt). Win rate is against the '
+              f'`{BASELINE}` baseline with a 95% Wilson interval; a tie counts half. '
+              'Hallucination is over closed-domain prompts only.')
+  header = ('| policy | win rate vs sft | 95% CI | Likert | fails instr. | hallucination | '
+            'inappropriate | constraint ok | pretrain loss |')
+  lines = ['# InstructGPT-mini evaluation', '', settings, '', header, '|' + '---|' * 9]
+  for name, p in policies.items():
+    lo, hi = p['win_rate_ci']
+    lines.append(f'| {name} | {_cell(p["win_rate_vs_sft"])} | [{lo:.3f}, {hi:.3f}] | '
+                 f'{_cell(p["likert"], "{:.2f}")} | {_cell(p["fails_instruction_rate"])} | '
+                 f'{_cell(p["hallucination_rate"])} | {_cell(p["inappropriate_rate"])} | '
+                 f'{_cell(p.get("constraint_satisfied_rate"))} | {_cell(p["pretrain_loss"])} |')
+  eval_names = sorted({t for p in policies.values() for t in p['public_evals']})
+  lines += ['', '## Zero-shot public evals (accuracy)', '',
+            '| policy | ' + ' | '.join(eval_names) + ' |', '|' + '---|' * (len(eval_names) + 1)]
+  for name, p in policies.items():
+    cells = ' | '.join(_cell(p['public_evals'].get(t)) for t in eval_names)
+    lines.append(f'| {name} | {cells} |')
+  lines += ['', '## Example responses', '']
+  for i, example in enumerate(report.get('examples', []), 1):
+    lines += [f'**Prompt {i}** ({example["category"]}): {_one_line(example["prompt"])}', '']
+    lines += [f'- `{name}`: {_one_line(text) or "(empty)"}'
+              for name, text in example['responses'].items()]
+    lines.append('')
+  return '\n'.join(lines)
+
+
+def _bar_positions(n_groups: int, n_bars: int, width: float = 0.8):
+  """x of each group and the offset of each bar inside it."""
+  x = np.arange(n_groups)
+  return x, (np.arange(n_bars) - (n_bars - 1) / 2) * width / n_bars, width / n_bars
+
+
+def _plot_win_rate(report: Mapping, path: str) -> None:
+  policies = report['policies']
+  names = list(policies)
+  fig = Figure(figsize=(1.2 * len(names) + 2.5, 3.8))
+  ax = fig.subplots()
+  rates = np.array([policies[n]['win_rate_vs_sft'] for n in names])
+  ci = np.array([policies[n]['win_rate_ci'] for n in names])
+  bars = ax.bar(names, rates, color='tab:blue', yerr=[rates - ci[:, 0], ci[:, 1] - rates],
+                capsize=5)
+  ax.bar_label(bars, fmt='%.2f', label_type='center', color='white')
+  ax.axhline(0.5, color='grey', linestyle='--', linewidth=1)
+  ax.set(ylim=(0, 1), ylabel=f'win rate vs {BASELINE}',
+         title=f'Held-out labelers, {report["n_prompts"]} test prompts (95% Wilson CI)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def _plot_metadata(report: Mapping, path: str) -> None:
+  policies = report['policies']
+  fig = Figure(figsize=(1.6 * len(METADATA_RATES) + 3, 3.8))
+  ax = fig.subplots()
+  x, offsets, width = _bar_positions(len(METADATA_RATES), len(policies))
+  for (name, p), offset in zip(policies.items(), offsets):
+    values = [p.get(key) for key, _ in METADATA_RATES]
+    ax.bar(x + offset, [np.nan if v is None else v for v in values], width, label=name)
+  ax.set_xticks(x, [label for _, label in METADATA_RATES], fontsize=8)
+  ax.set(ylim=(0, 1), ylabel='rate', title='Metadata (held-out labelers)')
+  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.0, 1.0))
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def _plot_alignment_tax(report: Mapping, path: str) -> None:
+  policies = report['policies']
+  eval_names = sorted({t for p in policies.values() for t in p['public_evals']})
+  fig = Figure(figsize=(11, 3.8))
+  acc_ax, loss_ax = fig.subplots(1, 2, gridspec_kw={'width_ratios': [3, 1]})
+  x, offsets, width = _bar_positions(len(eval_names), len(policies))
+  for (name, p), offset in zip(policies.items(), offsets):
+    acc_ax.bar(x + offset, [p['public_evals'].get(t, np.nan) for t in eval_names], width,
+               label=name)
+  acc_ax.set_xticks(x, eval_names, fontsize=8)
+  acc_ax.set(ylim=(0, 1.15), ylabel='accuracy', title='Zero-shot public evals')
+  acc_ax.legend(fontsize=8, loc='upper left')
+  loss_ax.bar(list(policies), [p['pretrain_loss'] for p in policies.values()], color='tab:gray')
+  loss_ax.set(ylabel='NLL per token (nats)', title='Pretraining-distribution loss')
+  loss_ax.tick_params(axis='x', labelsize=8, rotation=30)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+PLOTS = {'win_rate.png': _plot_win_rate, 'metadata.png': _plot_metadata,
+         'alignment_tax.png': _plot_alignment_tax}
+
+
+def write_plots(report: Mapping, out_dir: str) -> list[str]:
+  """The PLOTS (win rate with CI bars, metadata rates, alignment tax) in out_dir; their paths."""
+  paths = []
+  for name, plot in PLOTS.items():
+    paths.append(os.path.join(out_dir, name))
+    plot(report, paths[-1])
+  return paths

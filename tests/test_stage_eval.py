@@ -1,0 +1,113 @@
+"""The eval stage on the shared tiny workdir: report shape, skipped policies, SFT vs itself, and
+which PPOState field is evaluated."""
+import json
+
+import jax
+import numpy as np
+import optax
+import pytest
+from stage_fixtures import (  # noqa: F401 (tiny_workdir is a fixture)
+    WORLD_SCALE,
+    copy_workdir,
+    tiny_workdir,
+)
+
+from rlhf_jax import checkpoint, config_lib, ppo, stages, state
+from rlhf_jax.stages import common
+from rlhf_jax.stages import eval as eval_stage
+
+
+def _config(name, workdir, **overrides):
+  config = config_lib.load_config(f'configs/{name}.py')
+  config.workdir = str(workdir)
+  config.data.world_scale = WORLD_SCALE
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def _eval_config(workdir, **overrides):
+  config = _config('eval', workdir, batch_size=16, public_eval_items=8, pretrain_eval_batches=1,
+                   max_test_prompts=24, examples=2, **overrides)
+  config.data.response_len = 12
+  return config
+
+
+def _fake_ppo(workdir, name, policy_from, ema_from):
+  """A completed PPO stage whose PPOState holds `policy_from`'s params as the raw policy and
+  `ema_from`'s as the EMA (what the real stage writes, minus training)."""
+  config = _config('sft', workdir)
+  model = config_lib.to_model_config(config.model)
+  mesh = common.mesh(config)
+  policy = common.load_init_params(policy_from, str(workdir), model, 'lm', mesh)
+  ema = common.load_init_params(ema_from, str(workdir), model, 'lm', mesh)
+  tx = optax.adam(1e-3)
+  ppo_state = ppo.PPOState(step=jax.numpy.zeros((), jax.numpy.int32),
+                           policy=state.create_train_state(policy, tx),
+                           value=state.create_train_state({'w': jax.numpy.ones(3)}, tx),
+                           ema_params=ema, kl_coef=jax.numpy.asarray(0.02))
+  stage_dir = workdir / name
+  saver = checkpoint.Checkpointer(str(stage_dir), checkpoint.fingerprint({'policy': (model, 'lm')}))
+  saver.save(1, ppo_state)
+  saver.wait()
+  saver.close()
+  checkpoint.write_summary(str(stage_dir), {'checkpoint_step': 1, 'model': config.model.to_dict()})
+
+
+@pytest.fixture(scope='module')
+def workdir(tiny_workdir, tmp_path_factory):  # noqa: F811 (the imported fixture)
+  """The shared tiny world, pretrain and sft, plus a PPO stage whose EMA params are SFT's."""
+  path = copy_workdir(tiny_workdir, tmp_path_factory.mktemp('eval'), ('data', 'pretrain', 'sft'))
+  _fake_ppo(path, 'ppo', policy_from='pretrain', ema_from='sft')
+  return path
+
+
+def test_ppo_params_field_selects_ema_or_raw_policy(workdir):
+  loaded = {}
+  for ppo_params in ('ema', 'policy'):
+    config = _eval_config(workdir, ppo_params=ppo_params)
+    loaded[ppo_params] = eval_stage.load_policy(config, 'ppo', common.mesh(config))[1]
+  config = _eval_config(workdir)
+  for name, source in (('ema', 'sft'), ('policy', 'pretrain')):
+    expected = eval_stage.load_policy(config, source, common.mesh(config))[1]
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 loaded[name], expected)
+
+
+def test_eval_report(workdir):
+  summary = stages.run(_eval_config(workdir))
+  out = workdir / 'eval'
+  report = json.loads((out / 'report.json').read_text())
+  assert list(report['policies']) == ['gpt', 'gpt_prompted', 'sft', 'ppo']  # ppo_ptx: missing
+  assert summary['policies'] == list(report['policies'])
+  keys = {'win_rate_vs_sft', 'win_rate_ci', 'likert', 'hallucination_rate',
+          'fails_instruction_rate', 'inappropriate_rate', 'pretrain_loss', 'public_evals'}
+  for entry in report['policies'].values():
+    assert keys <= set(entry)
+    assert entry['n_prompts'] == 24
+    lo, hi = entry['win_rate_ci']
+    assert 0 <= lo <= entry['win_rate_vs_sft'] <= hi <= 1
+    assert 1 <= entry['likert'] <= 7
+    assert set(entry['public_evals']) == {'cloze_colour', 'cloze_food', 'cloze_home', 'sentiment',
+                                          'story_recall'}
+  sft, ppo_ema = report['policies']['sft'], report['policies']['ppo']
+  assert sft['win_rate_vs_sft'] == 0.5 and sft['ties'] == 24
+  # The PPO stage's EMA params are SFT's: the same samples, hence all ties and the same tax.
+  assert ppo_ema['win_rate_vs_sft'] == 0.5
+  assert ppo_ema['pretrain_loss'] == sft['pretrain_loss']
+  gpt, prompted = report['policies']['gpt'], report['policies']['gpt_prompted']
+  assert gpt['public_evals'] == prompted['public_evals']  # same parameters, zero-shot
+  markdown = (out / 'report.md').read_text()
+  for name in report['policies']:
+    assert f'| {name} |' in markdown
+  for plot in ('win_rate.png', 'metadata.png', 'alignment_tax.png'):
+    assert (out / plot).read_bytes()[:4] == b'\x89PNG'
+  assert len((out / 'responses.jsonl').read_text().splitlines()) == 24
+
+
+def test_eval_needs_the_sft_baseline(tmp_path):
+  config = _eval_config(tmp_path, policies='gpt,sft')
+  with pytest.raises(FileNotFoundError, match='baseline'):
+    eval_stage.available_policies(config)
+  with pytest.raises(config_lib.ConfigError, match='baseline'):
+    eval_stage.available_policies(_eval_config(tmp_path, policies='gpt,ppo'))
