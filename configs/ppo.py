@@ -7,10 +7,36 @@ discount; clip 0.2; sampling temperature 1. The final policy lr is not printed (
 2.55e-6..2.55e-5; PPO without ptx diverged above 8.05e-6): we take 5.10e-6, a swept value below it.
 GAE lambda, value clipping and whitening are not stated; we follow lm-human-preferences
 (lambda 0.95, value clip 0.2, whitened advantages).
+
+Usage: python -m rlhf_jax.main --config=configs/ppo.py[:1.3b] [--config.kl_coef=0.02]
 """
 from rlhf_jax import config_lib
 
-MINI = dict(lr=2e-5, value_lr=5e-5, episodes=2048, batch_size=64, minibatch_size=16)
+PAPER_EPISODES, PAPER_BATCH, PAPER_EMA_DECAY = 256_000, 512, 0.992
+# InstructGPT-mini on a 2-core CPU (tiny geometry), sized for ~4 minutes of PPO-ptx: 64
+# iterations of 64 episodes in 4 minibatches of 16, measured at ~2.8 s each (generate 12%, score
+# 21%, train 67%) after a ~15 s first (compiling) iteration. The paper's 8 x 64 per iteration
+# would leave ~20 iterations; more, smaller iterations give the KL and the reward time to move.
+# A ~1M-parameter policy needs a larger lr than the paper's 6B one (as in sft.py / rm.py). The
+# paper warms up over 10 of 500 iterations (2%); 3 of 64 keeps the short run mostly at peak.
+MINI = dict(lr=2e-5, value_lr=5e-5, episodes=4096, batch_size=64, minibatch_size=16,
+            warmup=3, response_len=48)
+
+# Paper geometries: bf16 compute over fp32 master weights (App. C: "fp16 weights and activations,
+# with fp32 master copies"; bf16 needs no loss scaling), per-layer remat for all four models, and
+# the v5p slice on which `python -m rlhf_jax.aot` finds every phase fits (README, "Fit before you
+# launch"). geometry -> (topology, remat policy); the mesh is config_lib.mesh_for's.
+SCALE = {'1.3b': ('v5p:4x4x2', 'full'), '6b': ('v5p:4x4x4', 'full'), '175b': ('v5p:8x8x8', 'full')}
+
+
+def ema_decay(iterations: int) -> float:
+  """An EMA decay that forgets the initial policy as much over `iterations` as the paper's does.
+
+  Paper: 0.992 per iteration over 500 iterations leaves 0.992**500 = 1.8% of sft_init in the
+  EMA. Kept per iteration at 0.992, a 64-iteration mini run would leave 60%: the "EMA policy"
+  would be mostly sft_init. So short runs use decay**iterations = 0.992**500 (0.939 for 64).
+  """
+  return PAPER_EMA_DECAY ** (PAPER_EPISODES / PAPER_BATCH / max(iterations, 1))
 
 
 def get_config(arg=None):
@@ -20,24 +46,31 @@ def get_config(arg=None):
   c.stage = 'ppo'
   c.mesh = config_lib.mesh_for(geometry)
   c.data = config_lib.data_config(c.model.geometry)
+  if not paper:
+    # Mini-world demonstrations are at most 33 tokens with EOS: 48 leaves room to stop.
+    c.data.response_len = MINI['response_len']
   rm_geometry = '6b' if paper else geometry
   c.reward_model = config_lib.model_config_dict(rm_geometry)
+  if paper:
+    c.topology, remat = SCALE[geometry]
+    for model in (c.model, c.reward_model):
+      model.dtype, model.remat = 'bfloat16', remat
   value_lr = (5e-6 if geometry == '175b' else 9e-6) if paper else MINI['value_lr']
   lr = 5.10e-6 if paper else MINI['lr']
   c.optimizer = config_lib.optimizer_config(lr, schedule='constant')
   c.value_optimizer = config_lib.optimizer_config(value_lr, schedule='constant')
   for opt in (c.optimizer, c.value_optimizer):
-    opt.warmup_steps = 10  # iterations, starting from one tenth of the peak
+    opt.warmup_steps = 10 if paper else MINI['warmup']  # iterations, from one tenth of the peak
     opt.warmup_start_frac = 0.1
-  c.episodes = 256_000 if paper else MINI['episodes']
-  c.batch_size = 512 if paper else MINI['batch_size']  # episodes per iteration
+  c.episodes = PAPER_EPISODES if paper else MINI['episodes']
+  c.batch_size = PAPER_BATCH if paper else MINI['batch_size']  # episodes per iteration
   c.minibatch_size = 64 if paper else MINI['minibatch_size']
   c.ppo_epochs = 1
   c.kl_coef = 0.02
   c.kl_target = 0.0  # > 0 switches to the adaptive controller of lm-human-preferences
   c.kl_horizon = 10_000
   c.ptx_coef = 0.0
-  c.ptx_per_episode = 8
+  c.ptx_per_episode = 8  # pretraining rows per episode of each minibatch (used when ptx_coef > 0)
   c.clip = 0.2
   c.value_clip = 0.2
   c.gae_gamma = 1.0
@@ -46,7 +79,11 @@ def get_config(arg=None):
   c.whiten_advantages = True
   c.temperature = 1.0
   c.no_eos_penalty = -1.0  # score of a response that never emits EOS (lm-human-preferences)
-  c.ema_decay = 0.992
+  c.ema_decay = PAPER_EMA_DECAY if paper else ema_decay(c.episodes // c.batch_size)
   c.init_from = 'sft_init'
   c.reward_from = 'rm'
+  # Every iteration already waits for its phases (time/*), so logging each one costs nothing.
+  c.log_every = 1
+  c.checkpoint_every = 10
+  c.then = ()  # stages to run after this one (same workdir and seed)
   return c

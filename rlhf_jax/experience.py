@@ -1,11 +1,12 @@
 """PPO rollouts: sample responses, score them, and turn the scores into advantages.
 
 `make_experience` is the generate + score phase of one PPO iteration (InstructGPT section 3.5,
-App. C.4): the policy answers a batch of prompts, the reward model scores each answer, the
-reference (sft_init) policy supplies the per-token KL penalty and the value model the baselines
-for GAE. Everything is a pure, static-shape function of its inputs; `ppo.ppo_step` consumes the
-resulting `Experience`. Shapes: B episodes, P prompt length (left-padded), N response length
-(right-padded after EOS), V vocabulary.
+App. C.4): `generate` lets the policy answer a batch of prompts; `score` has the reward model
+score each answer, the reference (sft_init) policy supply the per-token KL penalty and the value
+model the baselines for GAE. The two are separate functions so the host loop can jit and time
+them apart (`time/generate`, `time/score`). Everything is a pure, static-shape function of its
+inputs; `ppo.ppo_step` consumes the resulting `Experience`. Shapes: B episodes, P prompt length
+(left-padded), N response length (right-padded after EOS), V vocabulary.
 """
 import dataclasses
 from typing import Any, Callable, Optional
@@ -199,15 +200,34 @@ def score_responses(frozen: Frozen, tokens: jax.Array, mask: jax.Array,
   return jnp.where(ended, scores, settings.no_eos_penalty)
 
 
-def make_experience(state: Any, frozen: Frozen, prompts: dict[str, jax.Array], rng: jax.Array, *,
-                    settings: PPOSettings) -> tuple[Experience, Metrics]:
-  """Samples one rollout batch and computes everything ppo_step needs.
+def generate(state: Any, prompts: dict[str, jax.Array], rng: jax.Array, *,
+             settings: PPOSettings) -> sampling.SampleOutput:
+  """The generate phase: the policy answers the prompts (KV-cache sampler).
 
   Args:
-    state: a `ppo.PPOState` (reads policy.params, value.params, kl_coef).
-    frozen: reference policy and reward model.
+    state: a `ppo.PPOState` (reads policy.params).
     prompts: PromptBatch with 'tokens' [B, P] int32 (left-padded) and 'mask' [B, P] bool.
     rng: PRNG key of the sampler.
+    settings: static settings.
+
+  Returns:
+    SampleOutput with [B, N] tokens, logprobs and mask.
+  """
+  return sampling.sample(
+      state.policy.params, settings.policy_model, prompts['tokens'],
+      prompts['mask'].astype(bool), rng, max_new_tokens=settings.response_len,
+      temperature=settings.temperature, eos_id=settings.eos_id, pad_id=settings.pad_id)
+
+
+def score(state: Any, frozen: Frozen, prompts: dict[str, jax.Array],
+          sample: sampling.SampleOutput, *, settings: PPOSettings) -> tuple[Experience, Metrics]:
+  """The score phase: policy, reference and value forwards, RM scores, shaped rewards, GAE.
+
+  Args:
+    state: the `ppo.PPOState` that generated `sample` (reads policy, value and kl_coef).
+    frozen: reference policy and reward model.
+    prompts: the PromptBatch `sample` answers ('tokens', 'mask' [B, P]).
+    sample: `generate`'s output, [B, N].
     settings: static settings.
 
   Returns:
@@ -215,14 +235,12 @@ def make_experience(state: Any, frozen: Frozen, prompts: dict[str, jax.Array], r
   """
   prompt_tokens, prompt_mask = prompts['tokens'], prompts['mask'].astype(bool)
   p = prompt_tokens.shape[1]
-  sample = sampling.sample(
-      state.policy.params, settings.policy_model, prompt_tokens, prompt_mask, rng,
-      max_new_tokens=settings.response_len, temperature=settings.temperature,
-      eos_id=settings.eos_id, pad_id=settings.pad_id)
   r_tokens, r_mask = sample.tokens, sample.mask
   tokens = jnp.concatenate([prompt_tokens, r_tokens], axis=1)
   mask = jnp.concatenate([prompt_mask, r_mask], axis=1)
   t = settings.temperature
+  # Recomputed with a full forward rather than taken from the sampler, so rollout-time and
+  # update-time log-probs come from the same computation (the first ratio is exactly 1).
   logprobs, _ = response_logprobs(state.policy.params, settings.policy_model, tokens, mask, p, t)
   ref_logprobs, _ = response_logprobs(frozen.reference_params, settings.policy_model, tokens,
                                       mask, p, t)
@@ -242,6 +260,27 @@ def make_experience(state: Any, frozen: Frozen, prompts: dict[str, jax.Array], r
                    values=values, rewards=rewards, advantages=advantages, returns=returns,
                    scores=scores)
   return exp, _rollout_metrics(exp, kl, state.kl_coef, settings)
+
+
+def make_experience(state: Any, frozen: Frozen, prompts: dict[str, jax.Array], rng: jax.Array, *,
+                    settings: PPOSettings) -> tuple[Experience, Metrics]:
+  """Samples one rollout batch and computes everything ppo_step needs: `score(generate(...))`.
+
+  The host loop jits the two phases separately to time them; this composition is for callers
+  that want one program.
+
+  Args:
+    state: a `ppo.PPOState` (reads policy.params, value.params, kl_coef).
+    frozen: reference policy and reward model.
+    prompts: PromptBatch with 'tokens' [B, P] int32 (left-padded) and 'mask' [B, P] bool.
+    rng: PRNG key of the sampler.
+    settings: static settings.
+
+  Returns:
+    (experience, metrics); metrics are scalars named as lm-human-preferences.
+  """
+  sample = generate(state, prompts, rng, settings=settings)
+  return score(state, frozen, prompts, sample, settings=settings)
 
 
 def _rollout_metrics(exp: Experience, kl: jax.Array, kl_coef: jax.Array,

@@ -1,11 +1,12 @@
 """PPO and PPO-ptx updates (InstructGPT section 3.5, App. C.4): the pure `ppo_step`.
 
-One iteration = `experience.make_experience` (generate and score) then `ppo_step` (train): each
-epoch permutes the rollout batch, splits it into minibatches and scans over them on device; per
-minibatch the policy takes one step on the clipped surrogate plus gamma times the pretraining
-NLL gradient (ptx), and the separate value model one step on the clipped value loss. The policy
-EMA and the KL controller then advance once per iteration. Shapes: B episodes, M minibatch size,
-U optimizer updates per iteration, R pretraining rows per update, T their length.
+One iteration = `experience.generate` and `experience.score` (together `make_experience`) then
+`ppo_step` (train): each epoch permutes the rollout batch, splits it into minibatches and scans
+over them on device; per minibatch the policy takes one step on the clipped surrogate plus gamma
+times the pretraining NLL gradient (ptx), and the separate value model one step on the clipped
+value loss. The policy EMA and the KL controller then advance once per iteration. Shapes: B
+episodes, M minibatch size, U optimizer updates per iteration, R pretraining rows per update, T
+their length.
 """
 import functools
 from typing import Any, Optional
@@ -14,16 +15,18 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.sharding import Mesh
 
 from rlhf_jax import config_lib, losses, optim, rl_math
-from rlhf_jax.experience import (Experience, Frozen, Metrics, PPOSettings, ScoreFn,
-                                 make_experience, response_logprobs, response_values)
+from rlhf_jax.experience import (Experience, Frozen, Metrics, PPOSettings, ScoreFn, generate,
+                                 make_experience, response_logprobs, response_values, score)
 from rlhf_jax.models import LanguageModel
-from rlhf_jax.sharding import constrain
-from rlhf_jax.state import TrainState, create_train_state
+from rlhf_jax.sharding import constrain, replicated
+from rlhf_jax.state import TrainState, abstract_train_state, create_train_state
 
-__all__ = ['Experience', 'Frozen', 'PPOSettings', 'PPOState', 'init_ppo_state',
-           'make_experience', 'policy_gradients', 'ppo_step', 'settings_from_config']
+__all__ = ['Experience', 'Frozen', 'PPOSettings', 'PPOState', 'abstract_ppo_state', 'generate',
+           'init_ppo_state', 'make_experience', 'policy_gradients', 'ppo_step', 'score',
+           'settings_from_config']
 
 
 @flax.struct.dataclass
@@ -55,6 +58,23 @@ def init_ppo_state(policy_params: Any, value_params: Any, kl_coef: float,
                   value=create_train_state(value_params, settings.value_tx),
                   ema_params=jax.tree.map(jnp.copy, policy_params),
                   kl_coef=jnp.asarray(kl_coef, jnp.float32))
+
+
+def abstract_ppo_state(settings: PPOSettings, mesh: Mesh) -> tuple[PPOState, PPOState]:
+  """ShapeDtypeStructs of a PPOState (each carrying its sharding) and the shardings.
+
+  Nothing is allocated: this is the checkpoint restore target and the jit shardings. The EMA
+  is laid out like the policy parameters; step and kl_coef are replicated scalars.
+  """
+  policy, policy_sh = abstract_train_state(settings.policy_model, 'lm', settings.policy_tx, mesh)
+  value, value_sh = abstract_train_state(settings.reward_model, 'scalar', settings.value_tx, mesh)
+  scalar = replicated(mesh)
+  shardings = PPOState(step=scalar, policy=policy_sh, value=value_sh,
+                       ema_params=policy_sh.params, kl_coef=scalar)
+  shapes = PPOState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=scalar), policy=policy,
+                    value=value, ema_params=policy.params,
+                    kl_coef=jax.ShapeDtypeStruct((), jnp.float32, sharding=scalar))
+  return shapes, shardings
 
 
 def settings_from_config(config: ml_collections.ConfigDict, *, eos_id: Optional[int], pad_id: int,

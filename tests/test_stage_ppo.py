@@ -1,0 +1,144 @@
+"""The ppo / ppo_ptx stages: a short run with a follow-up stage (`then`), and kill-and-resume.
+
+The PPO workdir holds the world and pretrain stage of the shared tiny workdir (conftest), the
+pretrained model standing in for sft_init (same checkpoint layout), and a reward model made from
+its trunk plus a fresh scalar head, stored as the rm stage stores it (params + 'reward_bias' in
+summary.json): fast, and independent of how the rm stage trains.
+Small PPO settings come from config files written beside the test (`then` loads follow-up stages
+from the config folder, so the follow-up gets them too).
+"""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from stage_fixtures import WORLD_SCALE, copy_workdir
+
+from rlhf_jax import checkpoint, config_lib, stages, state
+from rlhf_jax.stages import common
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TOTAL = 4  # iterations of the reference run
+# 2 updates of 8 episodes per iteration, 8 pretraining rows each, 8-token responses.
+SMALL = f"""
+from rlhf_jax import config_lib
+
+
+def get_config(arg=None):
+  c = config_lib.load_config('{REPO}/configs/{{stage}}.py' + (':' + arg if arg else ''))
+  c.data.world_scale = {WORLD_SCALE}
+  c.data.response_len = 8
+  c.batch_size, c.minibatch_size, c.ptx_per_episode = 16, 8, 1
+  c.total_steps, c.log_every, c.checkpoint_every = {TOTAL}, 1, 0
+  c.then = ()
+  return c
+"""
+
+
+def _save_stage(stage_dir: pathlib.Path, role: str, model_dict, head: str, params, **summary):
+  """A completed stage folder holding `params` as state.params, the way training stages do."""
+  model = config_lib.to_model_config(model_dict)
+  ckpt = checkpoint.Checkpointer(str(stage_dir), checkpoint.fingerprint({role: (model, head)}))
+  ckpt.save(1, {'params': params})
+  ckpt.close()
+  checkpoint.write_summary(str(stage_dir), dict(summary, checkpoint_step=1,
+                                                model=model_dict.to_dict()))
+
+
+@pytest.fixture(scope='module')
+def configs(tmp_path_factory) -> pathlib.Path:
+  folder = tmp_path_factory.mktemp('ppo_configs')
+  for stage in ('ppo', 'ppo_ptx'):
+    (folder / f'{stage}.py').write_text(SMALL.replace('{stage}', stage))
+  return folder
+
+
+@pytest.fixture(scope='module')
+def inputs(tiny_workdir, tmp_path_factory, configs) -> pathlib.Path:
+  """A workdir with data, sft_init (= pretrain) and rm (pretrain trunk + fresh head), no PPO."""
+  workdir = copy_workdir(tiny_workdir, tmp_path_factory.mktemp('ppo_inputs'), ['data', 'pretrain'])
+  shutil.copytree(workdir / 'pretrain', workdir / 'sft_init')
+  config = config_lib.load_config(f'{configs}/ppo.py')
+  model = config_lib.to_model_config(config.reward_model)
+  mesh = common.mesh(config)
+  lm = common.load_init_params('pretrain', str(workdir), model, 'lm', mesh)
+  fresh = nn.unbox(state.init_params(model, 'scalar', jax.random.key(1)))
+  _save_stage(workdir / 'rm', 'reward', config.reward_model, 'scalar',
+              state.init_scalar_from_lm(lm, fresh), reward_bias=0.5)
+  return workdir
+
+
+def _lines(path: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+@pytest.fixture(scope='module')
+def reference(inputs, configs, tmp_path_factory) -> pathlib.Path:
+  """ppo_ptx for TOTAL iterations in-process, with `then = ('ppo',)`."""
+  workdir = copy_workdir(inputs, tmp_path_factory.mktemp('ppo_reference'))
+  config = config_lib.load_config(f'{configs}/ppo_ptx.py')
+  config.workdir, config.then = str(workdir), ('ppo',)
+  stages.run(config, configs)
+  return workdir
+
+
+def test_ppo_ptx_run_and_follow_up(reference, configs):
+  summary = stages.summary(str(reference), 'ppo_ptx')
+  assert summary['iterations'] == TOTAL and summary['episodes'] == TOTAL * 16
+  assert np.isfinite(summary['objective/scores']) and np.isfinite(summary['ptx/loss'])
+  logged = _lines(reference / 'ppo_ptx' / 'metrics.jsonl')
+  assert [m['step'] for m in logged] == list(range(1, TOTAL + 1))
+  assert all('ptx/loss' in m and 'objective/kl' in m for m in logged)
+  perf = _lines(reference / 'ppo_ptx' / 'perf.jsonl')
+  assert all(m[f'time/{phase}'] > 0 for m in perf for phase in ('generate', 'score', 'train'))
+  # `then` ran the follow-up stage with its own config from the same folder: PPO, no ptx.
+  follow_up = _lines(reference / 'ppo' / 'metrics.jsonl')
+  assert stages.summary(str(reference), 'ppo')['iterations'] == TOTAL
+  assert not any('ptx/loss' in m for m in follow_up)
+
+  # Evaluation loads the EMA policy by its field name; it has moved away from sft_init.
+  config = config_lib.load_config(f'{configs}/ppo_ptx.py')
+  abstract, shardings = common.param_shardings(config_lib.to_model_config(config.model), 'lm',
+                                               common.mesh(config))
+  ema = checkpoint.load_params(str(reference / 'ppo_ptx'), abstract, shardings,
+                               field='ema_params')
+  init = checkpoint.load_params(str(reference / 'sft_init'), abstract, shardings)
+  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                       ema, init)
+  assert 0 < max(jax.tree.leaves(moved)) < 1
+
+
+def _launch(workdir: pathlib.Path, configs: pathlib.Path, cache: pathlib.Path) -> subprocess.Popen:
+  """The CLI on `workdir`; the rerun reads the first run's compiled programs from `cache`."""
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  return subprocess.Popen([sys.executable, '-m', 'rlhf_jax.main', f'--config={configs}/ppo_ptx.py',
+                           f'--workdir={workdir}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def test_kill_and_resume_gives_identical_metrics(reference, inputs, configs, tmp_path):
+  workdir = copy_workdir(inputs, tmp_path / 'killed')
+  metrics = workdir / 'ppo_ptx' / 'metrics.jsonl'
+  run = _launch(workdir, configs, tmp_path / 'jax_cache')
+  while run.poll() is None and not (metrics.exists() and metrics.read_text()):
+    time.sleep(0.1)
+  run.send_signal(signal.SIGTERM)  # during iteration 2: it ends after that iteration
+  output = run.communicate(timeout=300)[0]
+  assert run.returncode == 128 + signal.SIGTERM, output
+  assert stages.summary(str(workdir), 'ppo_ptx') is None
+  assert len(_lines(metrics)) < TOTAL
+
+  resumed = _launch(workdir, configs, tmp_path / 'jax_cache')
+  output = resumed.communicate(timeout=300)[0]
+  assert resumed.returncode == 0, output
+  assert 'resuming from step' in output
+  assert metrics.read_text() == (reference / 'ppo_ptx' / 'metrics.jsonl').read_text()
