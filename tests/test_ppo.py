@@ -186,16 +186,19 @@ def test_ppo_step_ema_kl_and_counters(setup, stepped):
     assert np.isfinite(metrics[name]), name
 
 
-def test_warmup_counts_iterations():
-  config = config_lib.load_config('configs/ppo.py')
+@pytest.mark.parametrize('geometry', ['tiny', '1.3b'])
+def test_warmup_counts_iterations(geometry):
+  config = config_lib.load_config(f'configs/ppo.py:{geometry}')
   settings = ppo.settings_from_config(config, eos_id=EOS, pad_id=PAD)
   u = settings.updates_per_iteration
   assert u == config.batch_size // config.minibatch_size * config.ppo_epochs
-  lr = config.optimizer.lr
+  lr, w = config.optimizer.lr, config.optimizer.warmup_steps  # warmup in iterations
   np.testing.assert_allclose(settings.policy_lr(0), 0.1 * lr, rtol=1e-6)
-  np.testing.assert_allclose(settings.policy_lr(5 * u), 0.55 * lr, rtol=1e-6)
-  np.testing.assert_allclose(settings.policy_lr(10 * u), lr, rtol=1e-6)
-  np.testing.assert_allclose(settings.value_lr(10 * u + 7), config.value_optimizer.lr, rtol=1e-6)
+  # Linear from 0.1x to 1x over w iterations of u optimizer updates each.
+  half = w * u // 2
+  np.testing.assert_allclose(settings.policy_lr(half), (0.1 + 0.9 * half / (w * u)) * lr, rtol=1e-5)
+  np.testing.assert_allclose(settings.policy_lr(w * u), lr, rtol=1e-6)
+  np.testing.assert_allclose(settings.value_lr(w * u + 7), config.value_optimizer.lr, rtol=1e-6)
 
 
 def test_toy_reward_increases():
