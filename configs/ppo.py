@@ -24,9 +24,12 @@ MINI = dict(lr=2e-5, value_lr=5e-5, episodes=4096, batch_size=64, minibatch_size
 
 # Paper geometries: bf16 compute over fp32 master weights (App. C: "fp16 weights and activations,
 # with fp32 master copies"; bf16 needs no loss scaling), per-layer remat for all four models, and
-# the v5p slice on which `python -m rlhf_jax.aot` finds every phase fits (README, "Fit before you
-# launch"). geometry -> (topology, remat policy); the mesh is config_lib.mesh_for's.
-SCALE = {'1.3b': ('v5p:4x4x2', 'full'), '6b': ('v5p:4x4x4', 'full'), '175b': ('v5p:8x8x8', 'full')}
+# the v5p slice and mesh on which `python -m rlhf_jax.aot` finds every phase fits (README, "Fit
+# before you launch"). geometry -> (topology, mesh, remat policy). The batch is split over data as
+# well as fsdp: the score phase's [B / data, T, V] logits are not split over fsdp by the compiler.
+SCALE = {'1.3b': ('v5p:4x4x4', dict(data=8, fsdp=8, tensor=1), 'full'),
+         '6b': ('v5p:4x4x8', dict(data=4, fsdp=16, tensor=2), 'full'),
+         '175b': ('v5p:8x8x8', dict(data=1, fsdp=64, tensor=8), 'full')}
 
 
 def ema_decay(iterations: int) -> float:
@@ -52,7 +55,8 @@ def get_config(arg=None):
   rm_geometry = '6b' if paper else geometry
   c.reward_model = config_lib.model_config_dict(rm_geometry)
   if paper:
-    c.topology, remat = SCALE[geometry]
+    c.topology, mesh, remat = SCALE[geometry]
+    c.mesh.update(mesh)
     for model in (c.model, c.reward_model):
       model.dtype, model.remat = 'bfloat16', remat
   value_lr = (5e-6 if geometry == '175b' else 9e-6) if paper else MINI['value_lr']

@@ -12,6 +12,11 @@ PAPER = {'1.3b': (9.65e-6, 32), '6b': (9.65e-6, 32), '175b': (5.03e-6, 8)}
 # Mini-world presets train from a 1M/10M-parameter base in minutes: the paper's lr is far too
 # small at that scale (GPT-3's own lr grows as models shrink, Table 2.1), so we use 3e-4.
 MINI = (3e-4, 32)
+# Paper geometries: bf16 compute over fp32 master weights (App. C: "fp16 weights and activations,
+# with fp32 master copies"; bf16 needs no loss scaling), per-layer remat, and the v5p slice on which
+# `python -m rlhf_jax.aot` finds every step fits (README, "Fit before you launch").
+# geometry -> (topology, remat policy); the mesh is config_lib.mesh_for's.
+SCALE = {'1.3b': ('v5p:2x2x1', 'dots'), '6b': ('v5p:2x2x1', 'full'), '175b': ('v5p:4x4x4', 'full')}
 
 
 def get_config(arg=None):
@@ -21,6 +26,9 @@ def get_config(arg=None):
   c.stage = 'sft'
   c.mesh = config_lib.mesh_for(geometry)
   c.model.resid_dropout = 0.2
+  if geometry in SCALE:
+    c.topology, c.model.remat = SCALE[geometry]
+    c.model.dtype = 'bfloat16'
   c.data = config_lib.data_config(c.model.geometry)
   c.optimizer = config_lib.optimizer_config(lr, schedule='cosine', final_lr_frac=0.1)
   c.batch_size = batch

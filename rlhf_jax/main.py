@@ -10,7 +10,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rlhf_jax import config_lib, sharding, state
+from rlhf_jax import config_lib, distributed, sharding, state
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/ppo_ptx.py', 'Stage config file[:geometry].')
@@ -51,6 +51,7 @@ def main(argv):
     if FLAGS.dry_run:
       print(describe(config))
       return
+    distributed.initialize_from_flags()  # before any device is touched
     config_dir = pathlib.Path(config_flags.get_config_filename(FLAGS['config'])).parent
     stages.run(config, config_dir, force=FLAGS.force)
   except config_lib.ConfigError as e:

@@ -1,0 +1,346 @@
+"""Ahead-of-time fit check: compile every step of a stage for a target slice, from a CPU host.
+
+  python -m rlhf_jax.aot --config=configs/ppo_ptx.py:175b [--topology=v5p:8x8x8] [--json]
+
+Each step of the stage (sft_step; rm_step; make_experience with the sampler and ppo_step with
+ptx) is jitted exactly as the stage jits it (`loop.jit_step`: same shardings, same donation),
+lowered on abstract state and batches (nothing is allocated) and compiled by XLA for the slice's
+devices (`jax.experimental.topologies`; TPU needs libtpu, the `[tpu-aot]` extra). The compiler's
+memory analysis gives each device's argument, temporary and output bytes; with the bytes held
+outside the step (PPO's frozen models during `ppo_step`) their total is what the device needs,
+compared with its HBM. `--topology=local` compiles for the devices of this machine instead
+(e.g. a GPU node), reading their memory limit from the runtime.
+
+Without `--topology` the config's recommended `topology` is used. Not fitting is a result
+(exit 0, `fits: false`); a topology that does not exist is a one-line error (exit 2).
+"""
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import re
+import sys
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from jax.experimental import mesh_utils, topologies
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from rlhf_jax import config_lib, experience, loop, optim, ppo, rm, sft, sharding, state
+from rlhf_jax import main as main_lib
+from rlhf_jax.data import pipeline
+from rlhf_jax.stages import ppo as ppo_stage
+
+flags.DEFINE_string('topology', None, "Target slice, e.g. 'v5p:8x8x8' (TPU topology names of "
+                    "jax.experimental.topologies) or 'local'; default: the config's topology.")
+flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
+FLAGS = flags.FLAGS
+
+GIB = 1024**3
+# HBM per chip, matched as the longest prefix of jax's device_kind. TPU: Cloud TPU system
+# architecture pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e); GPU: NVIDIA data sheets
+# (H100 SXM 80 GB, H200 141 GB, A100 40/80 GB). 'TPU v5' is v5p's device_kind.
+HBM_PER_CHIP = {
+    'TPU v4': 32 * GIB, 'TPU v5 lite': 16 * GIB, 'TPU v5': 95 * GIB, 'TPU v6 lite': 32 * GIB,
+    'NVIDIA H100': 80 * GIB, 'NVIDIA H200': 141 * GIB, 'NVIDIA A100-SXM4-40GB': 40 * GIB,
+    'NVIDIA A100': 80 * GIB,
+}
+
+
+class TopologyError(ValueError):
+  """The topology name is not one the compiler knows; the message is one line."""
+
+
+@dataclasses.dataclass
+class Step:
+  """One jitted step with abstract arguments, ready to lower.
+
+  Attributes:
+    fn: the jitted step (loop.jit_step).
+    args: its arguments as ShapeDtypeStructs carrying shardings.
+    held_bytes: per-device bytes that stay resident outside the step's own arguments.
+  """
+  fn: Callable[..., Any]
+  args: tuple[Any, ...]
+  held_bytes: int = 0
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+  """Silences libtpu's start-up warnings (there is no TPU VM here); errors still raise."""
+  saved = os.dup(2)
+  with open(os.devnull, 'w') as devnull:
+    os.dup2(devnull.fileno(), 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def topology_devices(name: str) -> list[Any]:
+  """The devices of a named slice ('v5p:8x8x8'), or this machine's for 'local'."""
+  if name == 'local':
+    return jax.devices()
+  # Compiling for a slice must not open (or wait for) a local accelerator: the CPU is the host.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+  jax.config.update('jax_platforms', 'cpu')
+  try:
+    with _quiet_stderr():
+      return list(topologies.get_topology_desc(platform='tpu', topology_name=name).devices)
+  except Exception as e:  # libtpu missing, or a name it rejects: both are one line for the user
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise TopologyError(f'topology {name!r}: {message}') from None
+
+
+def hbm_per_device(devices: list[Any]) -> int | None:
+  """Memory of one device: the runtime's limit on a real device, else the chip table."""
+  device = devices[0]
+  with contextlib.suppress(Exception):  # abstract topology devices have no memory_stats
+    limit = (device.memory_stats() or {}).get('bytes_limit')
+    if limit:
+      return int(limit)
+  kind = device.device_kind
+  matches = [k for k in HBM_PER_CHIP if kind.startswith(k)]
+  if not matches:
+    return None
+  # v4 topologies list both TensorCores of a chip as devices; they share its HBM.
+  coords = [tuple(getattr(d, 'coords', ())) for d in devices]
+  per_chip = max(1, len(coords) // max(1, len(set(coords))))
+  return HBM_PER_CHIP[max(matches, key=len)] // per_chip
+
+
+_UNITS = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
+# TPU compiles refuse a program that cannot fit; their message still says how much it needs.
+_OOM_PATTERNS = (
+    (re.compile(r'Used ([\d.]+)([KMGT])i?B? of [\d.]+[KMGT]i?B? hbm'), 'total'),
+    (re.compile(r'required for HLO temporaries \(([\d.]+)([KMGT])i?B?\)'), 'temp'),
+)
+
+
+def _oom_bytes(message: str) -> tuple[str, int] | None:
+  """('total' or 'temp', bytes) from a compile-time out-of-memory message, else None."""
+  for pattern, kind in _OOM_PATTERNS:
+    match = pattern.search(message)
+    if match:
+      return kind, int(float(match.group(1)) * _UNITS[match.group(2)])
+  return None
+
+
+def _device_bytes(x) -> int:
+  """Bytes of one device's shard of an abstract array."""
+  return int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
+
+
+def _compile(step: Step) -> tuple[dict[str, int], float | None]:
+  """(per-device memory parts, FLOPs); parts estimated from the message if it cannot fit."""
+  try:
+    compiled = step.fn.lower(*step.args).compile()
+  except jax.errors.JaxRuntimeError as e:
+    oom = _oom_bytes(str(e)) if 'RESOURCE_EXHAUSTED' in str(e) else None
+    if oom is None:
+      raise
+    args = sum(_device_bytes(x) for x in jax.tree.leaves(step.args))
+    kind, n = oom
+    return {'argument_bytes': args, 'output_bytes': 0, 'alias_bytes': 0, 'code_bytes': 0,
+            'temp_bytes': max(n - args, 0) if kind == 'total' else n}, None
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+  return ({'argument_bytes': mem.argument_size_in_bytes, 'output_bytes': mem.output_size_in_bytes,
+           'alias_bytes': mem.alias_size_in_bytes, 'temp_bytes': mem.temp_size_in_bytes,
+           'code_bytes': mem.generated_code_size_in_bytes},
+          None if cost.get('flops') is None else float(cost['flops']))
+
+
+def measure(step: Step, hbm: int | None) -> dict[str, Any]:
+  """Lowers and compiles one step; its per-device memory, FLOPs and compile time."""
+  start = time.perf_counter()
+  parts, flops = _compile(step)
+  seconds = time.perf_counter() - start
+  parts = {k: int(v) for k, v in parts.items()}
+  parts['held_bytes'] = step.held_bytes
+  # Donated arguments alias their outputs: those bytes are counted once.
+  total = (parts['argument_bytes'] + parts['output_bytes'] - parts['alias_bytes']
+           + parts['temp_bytes'] + parts['code_bytes'] + parts['held_bytes'])
+  return {'bytes_per_device': total, 'hbm_per_device': hbm,
+          'fits': None if hbm is None else bool(total <= hbm), 'flops': flops,
+          'compile_seconds': round(seconds, 1), **parts}
+
+
+def check_batch_sizes(config, mesh) -> None:
+  """Every batch the stage feeds must split over the mesh's batch axes (as stages/common.mesh)."""
+  multiple = sharding.batch_size_multiple(mesh)
+  sizes = {field: config[field] for field in ('batch_size', 'minibatch_size') if field in config}
+  if config.stage in config_lib.PPO_STAGES and config.ptx_coef:
+    sizes['ptx_per_episode * minibatch_size'] = ppo_stage.ptx_rows(config)
+  for field, size in sizes.items():
+    if size % multiple:
+      raise config_lib.ConfigError(f'{field}={size} is not divisible by the mesh batch axes '
+                                   f'(data x fsdp = {multiple})')
+
+
+def _with_shardings(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)
+
+
+def _abstract(fn, mesh, *args):
+  """(ShapeDtypeStructs with shardings, shardings) of `fn(*args)` whose leaves may be boxed."""
+  abstract = jax.eval_shape(fn, *args)
+  shardings = nn.unbox(sharding.logical_shardings(abstract, mesh))
+  return _with_shardings(nn.unbox(abstract), shardings), shardings
+
+
+def _rng(mesh):
+  key = jax.eval_shape(jax.random.key, 0)
+  return jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
+
+
+def _batch(mesh, kind: str, batch_size: int, config, leading: tuple[int, ...] = ()):
+  """(abstract batch of `kind`, its sharding): rows over the batch axes, after `leading` dims."""
+  spec = pipeline.batch_spec(kind, batch_size=batch_size, seq_len=config.data.seq_len,
+                             prompt_len=config.data.prompt_len, k_max=config.get('k_max', 9))
+  rows = NamedSharding(mesh, PartitionSpec(*(None,) * len(leading), sharding.BATCH_AXES))
+  return {k: jax.ShapeDtypeStruct(leading + v.shape, v.dtype, sharding=rows)
+          for k, v in spec.items()}, rows
+
+
+def _supervised_steps(config, mesh) -> dict[str, Step]:
+  """sft_step (pretrain, sft, sft_init) or rm_step, bound as stages/lm.py binds it."""
+  head, step_fn, kind = (('scalar', rm.rm_step, 'rankings') if config.stage == 'rm' else
+                         ('lm', sft.sft_step, 'demonstrations'))
+  model_cfg, _ = next(iter(config_lib.model_roles(config).values()))
+  total = max(config.total_steps, 1)
+  tx = optim.make_optimizer(config.optimizer, total)
+  abstract, shardings = state.abstract_train_state(model_cfg, head, tx, mesh)
+  batch, rows = _batch(mesh, kind, config.batch_size, config)
+  fn = loop.jit_step(functools.partial(step_fn, model=state.make_model(model_cfg, head), tx=tx,
+                                       lr_schedule=optim.schedule(config.optimizer, total)),
+                     state_shardings=shardings, batch_shardings=rows)
+  name = 'rm_step' if config.stage == 'rm' else 'sft_step'
+  return {name: Step(fn, (abstract, batch, _rng(mesh)))}
+
+
+def _ppo_steps(config, mesh) -> dict[str, Step]:
+  """The three phases of a PPO iteration, jitted as stages/ppo.py jits them: generate (the
+  sampler), score (policy, reference, RM and value forwards, GAE) and ppo_step (with ptx)."""
+  vocab = config.model.real_vocab_size or config.model.vocab_size
+  settings = ppo.settings_from_config(config, eos_id=vocab - 1, pad_id=0)
+  ppo_state, state_shardings = ppo.abstract_ppo_state(settings, mesh)
+  frozen, frozen_shardings = _abstract(
+      lambda p, r: ppo.Frozen(p, r, jnp.zeros((), jnp.float32)), mesh,
+      state.abstract_params(settings.policy_model, 'lm'),
+      state.abstract_params(settings.reward_model, 'scalar'))
+  prompts, _ = _batch(mesh, 'prompts', config.batch_size, config)
+  prompts = {k: prompts[k] for k in ('tokens', 'mask')}
+  rows = sharding.batch_sharding(mesh, 1)  # episode axis first, every field
+  generate = loop.jit_step(functools.partial(experience.generate, settings=settings),
+                           state_shardings=state_shardings, batch_shardings=rows,
+                           donate_state=False, out_shardings=rows)
+  score = jax.jit(functools.partial(experience.score, settings=settings),
+                  in_shardings=(state_shardings, frozen_shardings, rows, rows),
+                  out_shardings=(rows, None))
+  rng = _rng(mesh)
+  sample = _with_rows(jax.eval_shape(generate, ppo_state, prompts, rng), rows)
+  exp = _with_rows(jax.eval_shape(score, ppo_state, frozen, prompts, sample)[0], rows)
+  ptx, ptx_rows = None, None
+  if settings.ptx_coef:
+    ptx, ptx_rows = _batch(mesh, 'text', ppo_stage.ptx_rows(config), config,
+                           leading=(settings.updates_per_iteration,))
+    ptx = {k: ptx[k] for k in ppo_stage.PTX_FIELDS}
+  train = loop.jit_step(functools.partial(ppo.ppo_step, settings=settings),
+                        state_shardings=state_shardings, extra_shardings=(rows,),
+                        batch_shardings=ptx_rows)
+  # The frozen models stay in HBM while the other phases run, though not their arguments.
+  held = sum(_device_bytes(x) for x in jax.tree.leaves(frozen))
+  return {'generate': Step(generate, (ppo_state, prompts, rng), held_bytes=held),
+          'score': Step(score, (ppo_state, frozen, prompts, sample)),
+          'ppo_step': Step(train, (ppo_state, exp, ptx, rng), held_bytes=held)}
+
+
+def _with_rows(shapes, rows):
+  return _with_shardings(shapes, jax.tree.map(lambda _: rows, shapes))
+
+
+def build_steps(config, mesh) -> dict[str, Step]:
+  """The stage's steps by name, as its runner jits them."""
+  if config.stage in config_lib.PPO_STAGES:
+    return _ppo_steps(config, mesh)
+  if config.stage in config_lib.LM_STAGES + ('rm',):
+    return _supervised_steps(config, mesh)
+  raise config_lib.ConfigError(f'stage {config.stage!r} has no training step to check')
+
+
+def make_mesh(config, devices: list[Any]) -> Mesh:
+  """The config's mesh over `devices`, as sharding.make_mesh lays it out.
+
+  A logical axis may span part of a physical torus axis (fsdp 8 x tensor 8 on a 4x4x4 slice);
+  jax.make_mesh refuses that by default, so the device order is built with it allowed.
+  """
+  try:
+    shape = sharding.mesh_shape(dict(config.mesh), len(devices))
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  order = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  return Mesh(order, sharding.AXES, axis_types=(AxisType.Auto,) * len(shape))
+
+
+def check(config, topology: str) -> dict[str, Any]:
+  """The fit report of every step of `config.stage` on `topology` (see the module docstring)."""
+  devices = topology_devices(topology)
+  mesh = make_mesh(config, devices)
+  check_batch_sizes(config, mesh)
+  hbm = hbm_per_device(devices)
+  params = {role: state.count_params(state.abstract_params(model, head))
+            for role, (model, head) in config_lib.model_roles(config).items()}
+  steps = {name: measure(step, hbm) for name, step in build_steps(config, mesh).items()}
+  return {'topology': topology, 'device_kind': devices[0].device_kind, 'devices': len(devices),
+          'mesh': dict(mesh.shape), 'params': params, 'steps': steps}
+
+
+def format_report(report: dict[str, Any]) -> str:
+  """A human-readable table of `check`'s report."""
+  gib = lambda n: f'{n / GIB:8.2f}'
+  lines = [f"{report['topology']}: {report['devices']} x {report['device_kind']}, "
+           f"mesh {report['mesh']}"]
+  lines += [f'  {role:<9} {n / 1e6:12,.1f}M params' for role, n in report['params'].items()]
+  lines.append(f"  {'step':<16}{'args':>8}{'temps':>8}{'outputs':>8}{'aliased':>8}{'held':>8}"
+               f"{'total':>8}{'HBM':>8}  fits   TFLOPs  compile   (GiB per device)")
+  for name, s in report['steps'].items():
+    hbm = '       ?' if s['hbm_per_device'] is None else gib(s['hbm_per_device'])
+    flops = '     ?' if s['flops'] is None else f"{s['flops'] / 1e12:8.1f}"
+    lines.append(f"  {name:<16}{gib(s['argument_bytes'])}{gib(s['temp_bytes'])}"
+                 f"{gib(s['output_bytes'])}{gib(s['alias_bytes'])}{gib(s['held_bytes'])}"
+                 f"{gib(s['bytes_per_device'])}{hbm}  {str(s['fits']):<5}{flops}"
+                 f"{s['compile_seconds']:7.1f}s")
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  topology = FLAGS.topology or config.get('topology')
+  try:
+    config_lib.validate(config)
+    if not topology:
+      raise config_lib.ConfigError('no --topology given and the config names none')
+    report = check(config, topology)
+  except (config_lib.ConfigError, TopologyError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if FLAGS.json:
+    print(json.dumps(report))
+  else:
+    print(format_report(report))
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=main_lib.parse_flags)
