@@ -37,3 +37,12 @@ def test_sft_keeps_the_best_validation_checkpoint(tmp_path):
   assert raw.latest_step() == best_step
   leaves = jax.tree.leaves(selected)
   assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
+
+  # sft_init (App. C.3): the same stage with pretraining rows mixed into every batch.
+  init = stage_config('sft_init', tmp_path, total_steps=2, log_every=1)
+  summary = stages.run(init)
+  assert summary['steps'] == 2 and summary['selected_by'] == 'last'
+  tokens = [m['sft/tokens'] for m in (json.loads(line) for line in
+            (tmp_path / 'sft_init' / 'metrics.jsonl').read_text().split('\n') if line)]
+  # Packed text rows are full of loss tokens: far more per batch than demonstrations alone give.
+  assert min(tokens) > max(m['sft/tokens'] for m in logged)
