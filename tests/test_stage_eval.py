@@ -9,6 +9,7 @@ import pytest
 from stage_fixtures import (  # noqa: F401 (tiny_workdir is a fixture)
     WORLD_SCALE,
     copy_workdir,
+    stage_config,
     tiny_workdir,
 )
 
@@ -17,17 +18,8 @@ from rlhf_jax.stages import common
 from rlhf_jax.stages import eval as eval_stage
 
 
-def _config(name, workdir, **overrides):
-  config = config_lib.load_config(f'configs/{name}.py')
-  config.workdir = str(workdir)
-  config.data.world_scale = WORLD_SCALE
-  for key, value in overrides.items():
-    config[key] = value
-  return config
-
-
 def _eval_config(workdir, **overrides):
-  config = _config('eval', workdir, batch_size=16, public_eval_items=8, pretrain_eval_batches=1,
+  config = stage_config('eval', workdir, batch_size=16, public_eval_items=8, pretrain_eval_batches=1,
                    max_test_prompts=24, examples=2, **overrides)
   config.data.response_len = 12
   return config
@@ -36,7 +28,7 @@ def _eval_config(workdir, **overrides):
 def _fake_ppo(workdir, name, policy_from, ema_from):
   """A completed PPO stage whose PPOState holds `policy_from`'s params as the raw policy and
   `ema_from`'s as the EMA (what the real stage writes, minus training)."""
-  config = _config('sft', workdir)
+  config = stage_config('sft', workdir)
   model = config_lib.to_model_config(config.model)
   mesh = common.mesh(config)
   policy = common.load_init_params(policy_from, str(workdir), model, 'lm', mesh)
