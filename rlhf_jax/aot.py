@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from jax.experimental import mesh_utils, topologies
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.experimental import topologies
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rlhf_jax import config_lib, experience, loop, optim, ppo, rm, sft, sharding, state
+from rlhf_jax import config_lib, loop, optim, ppo, rm, sft, sharding, state
 from rlhf_jax import main as main_lib
 from rlhf_jax.data import pipeline
 from rlhf_jax.stages import ppo as ppo_stage
@@ -241,24 +241,18 @@ def _ppo_steps(config, mesh) -> dict[str, Step]:
       state.abstract_params(settings.reward_model, 'scalar'))
   prompts, _ = _batch(mesh, 'prompts', config.batch_size, config)
   prompts = {k: prompts[k] for k in ('tokens', 'mask')}
-  rows = sharding.batch_sharding(mesh, 1)  # episode axis first, every field
-  generate = loop.jit_step(functools.partial(experience.generate, settings=settings),
-                           state_shardings=state_shardings, batch_shardings=rows,
-                           donate_state=False, out_shardings=rows)
-  score = jax.jit(functools.partial(experience.score, settings=settings),
-                  in_shardings=(state_shardings, frozen_shardings, rows, rows),
-                  out_shardings=(rows, None))
+  generate, score, train, batch_shardings = ppo_stage.phases(settings, state_shardings,
+                                                             frozen_shardings, mesh)
+  rows = batch_shardings[0] if settings.ptx_coef else batch_shardings
   rng = _rng(mesh)
   sample = _with_rows(jax.eval_shape(generate, ppo_state, prompts, rng), rows)
   exp = _with_rows(jax.eval_shape(score, ppo_state, frozen, prompts, sample)[0], rows)
-  ptx, ptx_rows = None, None
+  ptx = None
   if settings.ptx_coef:
-    ptx, ptx_rows = _batch(mesh, 'text', ppo_stage.ptx_rows(config), config,
-                           leading=(settings.updates_per_iteration,))
-    ptx = {k: ptx[k] for k in ppo_stage.PTX_FIELDS}
-  train = loop.jit_step(functools.partial(ppo.ppo_step, settings=settings),
-                        state_shardings=state_shardings, extra_shardings=(rows,),
-                        batch_shardings=ptx_rows)
+    ptx, _ = _batch(mesh, 'text', ppo_stage.ptx_rows(config), config,
+                    leading=(settings.updates_per_iteration,))
+    ptx = _with_shardings({k: ptx[k] for k in ppo_stage.PTX_FIELDS},
+                          {k: batch_shardings[1] for k in ppo_stage.PTX_FIELDS})
   # The frozen models stay in HBM while the other phases run, though not their arguments.
   held = sum(_device_bytes(x) for x in jax.tree.leaves(frozen))
   return {'generate': Step(generate, (ppo_state, prompts, rng), held_bytes=held),
@@ -280,17 +274,11 @@ def build_steps(config, mesh) -> dict[str, Step]:
 
 
 def make_mesh(config, devices: list[Any]) -> Mesh:
-  """The config's mesh over `devices`, as sharding.make_mesh lays it out.
-
-  A logical axis may span part of a physical torus axis (fsdp 8 x tensor 8 on a 4x4x4 slice);
-  jax.make_mesh refuses that by default, so the device order is built with it allowed.
-  """
+  """The config's mesh over `devices`; a mesh the devices cannot form is a ConfigError."""
   try:
-    shape = sharding.mesh_shape(dict(config.mesh), len(devices))
+    return sharding.make_mesh(dict(config.mesh), devices)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
-  order = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
-  return Mesh(order, sharding.AXES, axis_types=(AxisType.Auto,) * len(shape))
 
 
 def check(config, topology: str) -> dict[str, Any]:

@@ -28,8 +28,11 @@ PERF_FILE = 'perf.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
 
 # Dense bf16 peak FLOP/s per device, for perf/mfu; matched as a prefix of jax's device_kind.
+# Keyed by the start of `device_kind`; the longest matching key wins. v5p chips report
+# 'TPU v5' and v5e chips 'TPU v5 lite'.
 PEAK_FLOPS = {
-    'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12,
+    'TPU v4': 275e12, 'TPU v5': 459e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12,
+    'TPU v5p': 459e12,
     'TPU v6 lite': 918e12, 'TPU v6e': 918e12, 'NVIDIA H100': 989e12, 'NVIDIA H200': 989e12,
     'NVIDIA A100': 312e12, 'NVIDIA B200': 2250e12,
 }
@@ -43,7 +46,8 @@ def is_timing(name: str) -> bool:
 def peak_flops(device: Any = None) -> float | None:
   """Peak bf16 FLOP/s of one device (default: the first), None when unknown (e.g. CPU)."""
   kind = (device or jax.devices()[0]).device_kind
-  return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
+  matches = [key for key in PEAK_FLOPS if kind.startswith(key)]
+  return PEAK_FLOPS[max(matches, key=len)] if matches else None
 
 
 def to_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:

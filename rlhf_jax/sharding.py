@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXES = ('data', 'fsdp', 'tensor')
@@ -52,10 +53,15 @@ def mesh_shape(sizes: dict[str, int], n_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(sizes: dict[str, int], devices: Sequence[Any] | None = None) -> Mesh:
-  """A ('data', 'fsdp', 'tensor') mesh over `devices` (default: all devices of all processes)."""
+  """A ('data', 'fsdp', 'tensor') mesh over `devices` (default: all devices of all processes).
+
+  A logical axis may span part of a physical torus axis (fsdp 8 x tensor 8 on a v5p 4x4x4
+  slice); jax.make_mesh refuses that by default, so the device order is built with it allowed.
+  """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(sizes, len(devices))
-  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+  order = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  return Mesh(order, AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
 def logical_spec(names: Sequence[str | None]) -> PartitionSpec:

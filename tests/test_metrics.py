@@ -1,6 +1,7 @@
 """Metric writers: JSONL split and resume truncation, TensorBoard files, progress display."""
 import io
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -82,3 +83,10 @@ def test_metric_name_helpers():
   assert metrics.is_timing('perf/mfu') and metrics.is_timing('time/generate')
   assert not metrics.is_timing('objective/kl')
   assert metrics.peak_flops() is None  # fake CPU devices
+
+
+@pytest.mark.parametrize('kind, peak', [('TPU v5', 459e12), ('TPU v5 lite', 197e12),
+                                        ('TPU v4', 275e12), ('NVIDIA H100 80GB HBM3', 989e12)])
+def test_peak_flops_by_reported_device_kind(kind, peak):
+  # The strings real devices report: v5p says 'TPU v5', v5e 'TPU v5 lite'.
+  assert metrics.peak_flops(types.SimpleNamespace(device_kind=kind)) == peak

@@ -20,11 +20,6 @@ from rlhf_jax import distributed
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 2
-# Equality needs each process to feed a contiguous block of the single-process global batch:
-# today every process shards the records before shuffling and the LM stages read the full batch
-# size per process (reported in issue 6); remove this marker then (strict: it fails as XPASS).
-SAME_GLOBAL_BATCH = pytest.mark.xfail(
-    strict=True, reason='per-process pipelines do not yet feed blocks of one global batch')
 
 
 def _single(args: list[str]) -> subprocess.CompletedProcess:
@@ -69,7 +64,6 @@ def _run_both(tmp_path: pathlib.Path, source: pathlib.Path, stages: list[str],
   _assert_same_metrics(dirs['single'], dirs['multi'])
 
 
-@SAME_GLOBAL_BATCH
 def test_two_process_sft_equals_single_process(tiny_workdir, tmp_path):  # noqa: F811
   args = ['--config=configs/sft.py', f'--config.data.world_scale={WORLD_SCALE}',
           f'--config.total_steps={STEPS}', '--config.log_every=1', '--config.eval_every=0',
@@ -77,7 +71,6 @@ def test_two_process_sft_equals_single_process(tiny_workdir, tmp_path):  # noqa:
   _run_both(tmp_path, tiny_workdir, ['data', 'pretrain'], args, 'sft')
 
 
-@SAME_GLOBAL_BATCH
 def test_two_process_ppo_equals_single_process(inputs, configs, tmp_path):  # noqa: F811
   # PPO without ptx: packed pretraining rows are packed per process, so they would differ.
   args = [f'--config={configs}/ppo.py', f'--config.total_steps={STEPS}']

@@ -213,6 +213,17 @@ def test_shards_are_disjoint_and_complete(tok, sources):
   assert seen[0] | seen[1] == set(range(len(sources['prompts'])))
 
 
+def test_shards_feed_blocks_of_the_single_process_batches(tok, sources):
+  # Two processes of 3 rows each read rows [0, 3) and [3, 6) of the 6-row single-process batch,
+  # over epoch boundaries too (40 prompts, 12 batches of 6).
+  single = batches('prompts', sources['prompts'], tok, n=12, batch_size=6)
+  shards = [batches('prompts', sources['prompts'], tok, n=12, batch_size=3, shard_index=i,
+                    shard_count=2) for i in range(2)]
+  for whole, first, second in zip(single, *shards):
+    for key in whole:
+      np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), whole[key])
+
+
 def test_epochs_reshuffle_and_cover_everything(tok, sources):
   out = batches('prompts', sources['prompts'], tok, n=20, batch_size=4, num_epochs=2)
   order = np.concatenate([b['index'] for b in out])

@@ -25,12 +25,14 @@ Lengths follow the paper: a prompt (with bos) longer than `prompt_len` tokens is
 response (completion + eos) is cut to `seq_len - prompt_len` tokens, losing its eos when cut.
 Pretraining text is cut to `seq_len` unless packed.
 
-Order: the source is split by shard first (records shard_index, shard_index + shard_count, ...;
-shards are disjoint and together complete), each shard is shuffled by `seed` with a fresh
-permutation every epoch, then tokenized, filtered, optionally packed, and batched with
-drop_remainder. Filtering happens after sharding, so with a finite `num_epochs` two shards may
-yield different numbers of batches; multi-host training should run for a fixed number of steps
-over the default endless repeat.
+Order: the whole source is shuffled by `seed` with a fresh permutation every epoch, the same on
+every process, and repeated; the stream is cut into global batches of `batch_size * shard_count`
+records and shard i reads the i-th block of `batch_size` of each, so P processes together feed
+exactly the batches of one process with P times the batch size. Then rows are tokenized, filtered,
+optionally packed, and batched with drop_remainder. Filtering and packing happen per shard, so a
+dropped record or a packed row breaks that equality; with a finite `num_epochs` two shards may
+also yield different numbers of batches, so multi-host training should run for a fixed number
+of steps over the default endless repeat.
 
 Resuming: `it = iter(dataset)`; `it.get_state()` is a small JSON-serialisable dict and
 `it.set_state(state)` on a fresh iterator of the same dataset yields exactly the batches that
@@ -165,21 +167,34 @@ _EXAMPLES: dict[str, Callable[..., dict | None]] = {
     'rankings': _ranking_example, 'prompts': _prompt_example}
 
 
-def _ordered_records(source: Any, kind: str, *, seed: int, shuffle: bool, shard_index: int,
-                     shard_count: int, num_epochs: int | None) -> grain.MapDataset:
-  """(source index, record) pairs of one shard, shuffled per epoch and repeated."""
+def _ordered_records(source: Any, kind: str, *, seed: int, shuffle: bool, block: int,
+                     shard_index: int, shard_count: int,
+                     num_epochs: int | None) -> grain.MapDataset:
+  """(source index, record) pairs of one process, shuffled per epoch and repeated.
+
+  The order is shuffled over the whole source, the same on every process, and cut into global
+  batches of `block * shard_count` records; shard `i` reads the i-th block of each. So P processes
+  with `block` rows each feed exactly the global batches one process with `P * block` rows would.
+  """
   if isinstance(source, (str, os.PathLike)):
     source = records.read_records(source, kind)
   if not 0 <= shard_index < shard_count:
     raise ValueError(f'shard_index={shard_index} not in [0, shard_count={shard_count})')
   # Indices past the source's length are later epochs (grain's repeat), hence the modulo.
   ds = grain.MapDataset.source(source).map_with_index(lambda i, r: (i % len(source), r))
-  ds = ds[shard_index::shard_count]
-  if not len(ds):
-    raise ValueError(f'shard {shard_index} of {shard_count} is empty ({len(source)} records)')
   if shuffle:
     ds = ds.shuffle(seed)
-  return ds.repeat(num_epochs)
+  ds = ds.repeat(num_epochs)
+  if shard_count == 1:
+    return ds
+  span = block * shard_count
+  ordered = ds
+  ds = grain.MapDataset.range(len(ordered) // span * block).map(
+      lambda i: ordered[i // block * span + shard_index * block + i % block])
+  if not len(ds):
+    raise ValueError(f'shard {shard_index} of {shard_count} is empty ({len(source)} records, '
+                     f'{block} per process per batch)')
+  return ds
 
 
 def _pack(ds: grain.IterDataset, kind: str, *, seq_len: int, batch_size: int,
@@ -235,7 +250,8 @@ def make_dataset(kind: str, source: Any, tokenizer: Tokenizer, *, batch_size: in
     source: a JSONL path (read and validated whole), or a random-access sequence of records
       (a list from records.read_records, or tfds_builders.load_split).
     tokenizer: a Tokenizer; its pad_id pads, its bos_id/eos_id delimit.
-    batch_size: B, per process; a last partial batch is dropped.
+    batch_size: B, per process: process i reads rows [i*B, (i+1)*B) of every global batch of
+      B * shard_count rows (see _ordered_records). A last partial batch is dropped.
     seq_len: T, the context: prompt + response for demonstrations and rankings.
     prompt_len: P, the longest prompt kept (bos included); default seq_len // 2. Responses are
       cut to seq_len - prompt_len tokens.
@@ -261,8 +277,8 @@ def make_dataset(kind: str, source: Any, tokenizer: Tokenizer, *, batch_size: in
     raise ValueError(f'prompt_len={prompt_len} must be in (0, seq_len={seq_len}]')
   shard_index = jax.process_index() if shard_index is None else shard_index
   shard_count = jax.process_count() if shard_count is None else shard_count
-  ds = _ordered_records(source, kind, seed=seed, shuffle=shuffle, shard_index=shard_index,
-                        shard_count=shard_count, num_epochs=num_epochs)
+  ds = _ordered_records(source, kind, seed=seed, shuffle=shuffle, block=batch_size,
+                        shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs)
   example = functools.partial(_EXAMPLES[kind], tokenizer=tokenizer, seq_len=seq_len,
                               prompt_len=prompt_len, add_bos=add_bos, pack=pack, k_max=k_max,
                               loss_on_prompt=loss_on_prompt)

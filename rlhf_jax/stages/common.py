@@ -42,7 +42,15 @@ def mesh(config: ml_collections.ConfigDict):
       raise config_lib.ConfigError(
           f'{field}={config[field]} is not divisible by the mesh batch axes (data x fsdp = '
           f'{multiple})')
+    if field in config and config[field] % jax.process_count():
+      raise config_lib.ConfigError(f'{field}={config[field]} is not divisible by the '
+                                   f'{jax.process_count()} processes')
   return m
+
+
+def per_process(rows: int) -> int:
+  """This process's share of a global batch of `rows` (each process feeds a block of it)."""
+  return rows // jax.process_count()
 
 
 def tokenizer(config: ml_collections.ConfigDict, model: ModelConfig):
@@ -100,7 +108,8 @@ def padded_batches(kind: str, path, tok, config, batch_size: int,
                    k_max: int = 9) -> Iterator[tuple[dict, int]]:
   """(batch, real rows) over every record of `path` in order, the last batch padded.
 
-  Evaluation must see every record, so rows come one by one and the final batch is filled with
+  Every process reads all of `path` and yields the same global batches: place them with
+  `jax.device_put(batch, shardings)`, not as process-local rows. Evaluation must see every record, so rows come one by one and the final batch is filled with
   all-padding rows (valid / mask False) that the masked sums of the eval step ignore.
   """
   rows = pipeline.make_dataset(kind, path, tok, batch_size=1, seq_len=config.data.seq_len,

@@ -16,12 +16,13 @@ EVAL_BATCHES = 8  # validation batches per evaluation: a fixed, small, exact sub
 EVAL_PROMPTS = 64  # validation prompts sampled for the RM-score selection
 
 
-def _datasets(config, tok, n_rows: int, kind: str, path, mix_path=None):
-  """Training batches: `kind` rows, plus a `ptx_fraction` share of text rows when mixing."""
-  ptx_rows = round(config.batch_size * config.get('ptx_fraction', 0.0)) if mix_path else 0
+def _datasets(config, tok, kind: str, path, mix_path=None):
+  """This process's training rows: `kind` rows, plus a `ptx_fraction` share of text rows."""
+  rows = common.per_process(config.batch_size)
+  ptx_rows = round(rows * config.get('ptx_fraction', 0.0)) if mix_path else 0
   common_kw = dict(seq_len=config.data.seq_len, prompt_len=config.data.prompt_len,
                    seed=config.seed, loss_on_prompt=config.get('loss_on_prompt', False))
-  main = pipeline.make_dataset(kind, path, tok, batch_size=config.batch_size - ptx_rows,
+  main = pipeline.make_dataset(kind, path, tok, batch_size=rows - ptx_rows,
                                pack=config.get('pack', False), **common_kw)
   if not ptx_rows:
     return main
@@ -41,7 +42,7 @@ def _valid_loss_fn(config, tok, kind: str, path, model, mesh, prefix: str):
   def evaluate(params):
     total = tokens = 0.0
     for batch in batches:
-      out = step(params, loop.shard_batch(batch, rows))
+      out = step(params, jax.device_put(batch, rows))
       total, tokens = total + float(out['sft/loss_sum']), tokens + float(out['sft/tokens'])
     return {f'{prefix}/valid_loss': total / max(tokens, 1.0)}
   return evaluate
@@ -133,7 +134,7 @@ def run_lm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
         flush=True)
   result = loop.run(
       step, init_state=init_state, abstract_state=abstract_state,
-      data=_datasets(config, tok, config.batch_size, kind, train_path, mix_path),
+      data=_datasets(config, tok, kind, train_path, mix_path),
       stage_dir=str(stage_dir), base_rng=jax.random.key(config.seed),
       schedule=loop.Schedule.from_config(config, total_steps),
       fingerprint=checkpoint.fingerprint(config_lib.model_roles(config)),

@@ -47,14 +47,13 @@ def _datasets(config: ml_collections.ConfigDict, tok, settings: ppo.PPOSettings)
   the batch shardings.
   """
   paths = common.data_paths(config)
-  procs = jax.process_count()
   prompts = pipeline.make_dataset('prompts', paths['prompts_ppo'], tok,
-                                  batch_size=config.batch_size // procs,
+                                  batch_size=common.per_process(config.batch_size),
                                   seq_len=config.data.seq_len, prompt_len=config.data.prompt_len,
                                   seed=config.seed)
   if not settings.ptx_coef:
     return (prompts,)
-  updates, rows = settings.updates_per_iteration, ptx_rows(config) // procs
+  updates, rows = settings.updates_per_iteration, common.per_process(ptx_rows(config))
   text = pipeline.make_dataset('text', paths['pretrain'], tok, batch_size=updates * rows,
                                seq_len=config.data.seq_len, seed=config.seed, pack=True)
   ptx = text.map(lambda b: {k: b[k].reshape(updates, rows, -1) for k in PTX_FIELDS})
@@ -66,8 +65,12 @@ def ptx_rows(config: ml_collections.ConfigDict) -> int:
   return config.ptx_per_episode * config.minibatch_size
 
 
-def _phases(settings: ppo.PPOSettings, state_shardings, frozen_shardings, mesh):
-  """The three jitted phases of an iteration: generate, score, train (donates the state)."""
+def phases(settings: ppo.PPOSettings, state_shardings, frozen_shardings, mesh):
+  """The three jitted phases of an iteration: generate, score, train (donates the state), and
+  the batch shardings: rows of the prompts, plus [U, R, T] pretraining rows with ptx.
+
+  The aot fit check and the benchmarks compile exactly these.
+  """
   rows = sharding.batch_sharding(mesh, 1)  # episode axis first, every field
   ptx = NamedSharding(mesh, sharding.logical_spec((None, 'act_batch')))  # [U, R, T] over R
   generate = loop.jit_step(functools.partial(experience.generate, settings=settings),
@@ -82,13 +85,13 @@ def _phases(settings: ppo.PPOSettings, state_shardings, frozen_shardings, mesh):
   return generate, score, train, (rows, ptx) if settings.ptx_coef else rows
 
 
-def _iteration(phases, frozen: ppo.Frozen, with_ptx: bool) -> loop.StepFn:
+def _iteration(jitted, frozen: ppo.Frozen, with_ptx: bool) -> loop.StepFn:
   """One PPO iteration as a loop step: `(state, batch, rng) -> (state, metrics)`.
 
   Each phase is waited for before the next starts, so `time/*` measure them apart; the phases
   depend on each other's outputs anyway, so this costs only the host's dispatch overlap.
   """
-  generate, score, train = phases
+  generate, score, train = jitted
 
   def iteration(state, batch, rng):
     prompts, ptx = batch if with_ptx else (batch, None)
@@ -124,7 +127,7 @@ def run_ppo(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
   frozen = ppo.Frozen(reference_params=policy_params, reward_params=reward_params,
                       reward_bias=jax.device_put(bias, sharding.replicated(mesh)))
   frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
-  *phases, batch_shardings = _phases(settings, state_shardings, frozen_shardings, mesh)
+  *jitted, batch_shardings = phases(settings, state_shardings, frozen_shardings, mesh)
 
   def init_state():
     init = functools.partial(ppo.init_ppo_state, kl_coef=config.kl_coef, settings=settings)
@@ -137,7 +140,7 @@ def run_ppo(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
            if settings.ptx_coef else '') + f') on mesh {dict(mesh.shape)}', flush=True)
   tokens = _tokens_per_iteration(config, settings)
   result = loop.run(
-      _iteration(phases, frozen, bool(settings.ptx_coef)), init_state=init_state,
+      _iteration(jitted, frozen, bool(settings.ptx_coef)), init_state=init_state,
       abstract_state=abstract_state, data=_datasets(config, tok, settings),
       stage_dir=str(stage_dir), base_rng=jax.random.key(config.seed),
       schedule=loop.Schedule.from_config(config, total_steps),

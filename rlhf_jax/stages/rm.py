@@ -121,7 +121,7 @@ def run_rm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
       step, init_state=_init_state_fn(config, model_cfg, tx, mesh, state_shardings),
       abstract_state=abstract_state,
       data=pipeline.make_dataset('rankings', label_files['train'], tok,
-                                 batch_size=config.batch_size, seq_len=config.data.seq_len,
+                                 batch_size=common.per_process(config.batch_size), seq_len=config.data.seq_len,
                                  prompt_len=config.data.prompt_len, seed=config.seed,
                                  k_max=config.k_max),
       stage_dir=str(stage_dir), base_rng=jax.random.key(config.seed),
