@@ -70,6 +70,9 @@ def get_config(arg=None):
   c.batch_size = PAPER_BATCH if paper else MINI['batch_size']  # episodes per iteration
   c.minibatch_size = 64 if paper else MINI['minibatch_size']
   c.ppo_epochs = 1
+  # Generate and score the batch in this many chunks of rows, one after the other: divides the
+  # sampler's KV cache and the score phase's [B, N, V] logits (their peak memory) by it.
+  c.rollout_chunks = 1
   c.kl_coef = 0.02
   c.kl_target = 0.0  # > 0 switches to the adaptive controller of lm-human-preferences
   c.kl_horizon = 10_000

@@ -52,6 +52,8 @@ class PPOSettings:
     no_eos_penalty: the score of a response that never emits EOS.
     ema_decay: policy EMA decay (paper 0.992).
     score_fn: optional stand-in for the reward model (toy rewards in tests and experiments).
+    rollout_chunks: generate and score the batch in this many chunks of rows, one after the
+      other: their peak memory (KV cache, [B, N, V] logits) shrinks by this factor.
   """
   policy_model: ModelConfig
   reward_model: ModelConfig
@@ -78,6 +80,7 @@ class PPOSettings:
   no_eos_penalty: float = -1.0
   ema_decay: float = rl_math.EMA_DECAY
   score_fn: Optional[ScoreFn] = None
+  rollout_chunks: int = 1
 
   @property
   def n_minibatches(self) -> int:
@@ -200,9 +203,31 @@ def score_responses(frozen: Frozen, tokens: jax.Array, mask: jax.Array,
   return jnp.where(ended, scores, settings.no_eos_penalty)
 
 
+def in_chunks(fn: Callable[..., Any], chunks: int, *arrays: jax.Array) -> Any:
+  """`fn(*arrays)` computed on `chunks` groups of rows one after another, to bound memory.
+
+  Every array has the row axis B first and `fn` must treat rows independently (a forward pass,
+  a sampler); so does its output tree. Chunk c holds rows c, c + chunks, c + 2 * chunks, ...:
+  strided rather than contiguous, so a batch split over devices stays split the same way within
+  each chunk. `fn` also receives the chunk index (for a per-chunk PRNG key) as its first argument.
+  """
+  if chunks == 1:
+    return fn(jnp.zeros((), jnp.int32), *arrays)
+  b = arrays[0].shape[0]
+  if b % chunks:
+    raise ValueError(f'{b} rows do not split into {chunks} chunks')
+  split = lambda x: jnp.swapaxes(x.reshape((b // chunks, chunks) + x.shape[1:]), 0, 1)
+  join = lambda x: jnp.swapaxes(x, 0, 1).reshape((b,) + x.shape[2:])
+  out = jax.lax.map(lambda xs: fn(*xs), (jnp.arange(chunks), *map(split, arrays)))
+  return jax.tree.map(join, out)
+
+
 def generate(state: Any, prompts: dict[str, jax.Array], rng: jax.Array, *,
              settings: PPOSettings) -> sampling.SampleOutput:
   """The generate phase: the policy answers the prompts (KV-cache sampler).
+
+  With `settings.rollout_chunks` > 1 the prompts are answered a chunk at a time (each chunk
+  samples with its own key folded from `rng`), so the KV cache holds B / chunks rows.
 
   Args:
     state: a `ppo.PPOState` (reads policy.params).
@@ -213,10 +238,14 @@ def generate(state: Any, prompts: dict[str, jax.Array], rng: jax.Array, *,
   Returns:
     SampleOutput with [B, N] tokens, logprobs and mask.
   """
-  return sampling.sample(
-      state.policy.params, settings.policy_model, prompts['tokens'],
-      prompts['mask'].astype(bool), rng, max_new_tokens=settings.response_len,
-      temperature=settings.temperature, eos_id=settings.eos_id, pad_id=settings.pad_id)
+  def answer(chunk, tokens, mask):
+    key = rng if settings.rollout_chunks == 1 else jax.random.fold_in(rng, chunk)
+    return sampling.sample(
+        state.policy.params, settings.policy_model, tokens, mask, key,
+        max_new_tokens=settings.response_len, temperature=settings.temperature,
+        eos_id=settings.eos_id, pad_id=settings.pad_id)
+  return in_chunks(answer, settings.rollout_chunks, prompts['tokens'],
+                   prompts['mask'].astype(bool))
 
 
 def score(state: Any, frozen: Frozen, prompts: dict[str, jax.Array],
@@ -239,15 +268,21 @@ def score(state: Any, frozen: Frozen, prompts: dict[str, jax.Array],
   tokens = jnp.concatenate([prompt_tokens, r_tokens], axis=1)
   mask = jnp.concatenate([prompt_mask, r_mask], axis=1)
   t = settings.temperature
-  # Recomputed with a full forward rather than taken from the sampler, so rollout-time and
-  # update-time log-probs come from the same computation (the first ratio is exactly 1).
-  logprobs, _ = response_logprobs(state.policy.params, settings.policy_model, tokens, mask, p, t)
-  ref_logprobs, _ = response_logprobs(frozen.reference_params, settings.policy_model, tokens,
-                                      mask, p, t)
-  logprobs, ref_logprobs = (jnp.where(r_mask, x, 0) for x in (logprobs, ref_logprobs))
-  values = jnp.where(r_mask, response_values(state.value.params, settings.reward_model, tokens,
-                                             mask, p), 0)
-  scores = score_responses(frozen, tokens, mask, r_tokens, r_mask, settings)
+
+  def forwards(_, tokens, mask, r_tokens, r_mask):
+    # Recomputed with a full forward rather than taken from the sampler, so rollout-time and
+    # update-time log-probs come from the same computation (the first ratio is exactly 1).
+    logprobs, _ = response_logprobs(state.policy.params, settings.policy_model, tokens, mask, p, t)
+    ref_logprobs, _ = response_logprobs(frozen.reference_params, settings.policy_model, tokens,
+                                        mask, p, t)
+    values = response_values(state.value.params, settings.reward_model, tokens, mask, p)
+    return (*(jnp.where(r_mask, x, 0) for x in (logprobs, ref_logprobs, values)),
+            score_responses(frozen, tokens, mask, r_tokens, r_mask, settings))
+
+  # The [B, N, V] logits of the policy and reference forwards are the phase's peak memory:
+  # chunks of rows bound it.
+  logprobs, ref_logprobs, values, scores = in_chunks(forwards, settings.rollout_chunks, tokens,
+                                                     mask, r_tokens, r_mask)
   rewards, kl = rl_math.kl_shaped_rewards(logprobs, ref_logprobs, scores, r_mask, state.kl_coef)
   if settings.whiten_rewards:
     rewards = rl_math.masked_whiten(rewards, r_mask, shift_mean=False)

@@ -91,11 +91,12 @@ def settings_from_config(config: ml_collections.ConfigDict, *, eos_id: Optional[
     score_fn: optional replacement of the reward model.
 
   Raises:
-    ConfigError: when the batch does not split into whole minibatches.
+    ConfigError: when the batch does not split into whole minibatches or rollout chunks.
   """
-  if config.batch_size % config.minibatch_size:
-    raise config_lib.ConfigError(f'batch_size={config.batch_size} is not a multiple of '
-                                 f'minibatch_size={config.minibatch_size}')
+  for field in ('minibatch_size', 'rollout_chunks'):
+    if config.batch_size % config[field]:
+      raise config_lib.ConfigError(f'batch_size={config.batch_size} is not a multiple of '
+                                   f'{field}={config[field]}')
   updates = config.ppo_epochs * (config.batch_size // config.minibatch_size)
   total = max(config.episodes // config.batch_size, 1) * updates
 
@@ -116,7 +117,8 @@ def settings_from_config(config: ml_collections.ConfigDict, *, eos_id: Optional[
       kl_horizon=config.kl_horizon, ptx_coef=config.ptx_coef, clip=config.clip,
       value_clip=config.value_clip, gae_gamma=config.gae_gamma, gae_lambda=config.gae_lambda,
       whiten_rewards=config.whiten_rewards, whiten_advantages=config.whiten_advantages,
-      no_eos_penalty=config.no_eos_penalty, ema_decay=config.ema_decay, score_fn=score_fn)
+      no_eos_penalty=config.no_eos_penalty, ema_decay=config.ema_decay, score_fn=score_fn,
+      rollout_chunks=config.rollout_chunks)
 
 
 def _policy_loss(params: Any, mb: Experience, settings: PPOSettings) -> tuple[jax.Array, Metrics]:

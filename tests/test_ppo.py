@@ -1,5 +1,6 @@
 """make_experience and ppo_step: field consistency, ptx accumulation, EMA / KL updates, learning
 on a toy reward, and sharded == unsharded."""
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -87,6 +88,33 @@ def test_experience_fields_consistent(setup):
   np.testing.assert_allclose(exp.values, np.where(mask, full[:, P - 1:-1], 0), **TOL)
   np.testing.assert_allclose(rl_math.masked_mean(exp.advantages, mask), 0, atol=1e-5)
   assert np.all(np.asarray(exp.advantages)[~mask] == 0)
+
+
+def test_rollout_chunks_score_like_the_whole_batch(setup):
+  settings, st, frozen, batch, _, exp, metrics = setup
+  sample = sampling.SampleOutput(tokens=exp.response_tokens, logprobs=exp.logprobs,
+                                 mask=exp.response_mask)
+  chunked = dataclasses.replace(settings, rollout_chunks=2)
+  got, got_metrics = jax.jit(functools.partial(experience.score, settings=chunked))(
+      st, frozen, batch, sample)
+  for name, want in vars(exp).items():
+    np.testing.assert_allclose(getattr(got, name), want, **TOL, err_msg=name)
+  for name, want in metrics.items():
+    np.testing.assert_allclose(got_metrics[name], want, **TOL, err_msg=name)
+
+
+def test_rollout_chunks_sample_strided_rows_with_their_own_keys(setup):
+  settings, st, _, batch, rng, _, _ = setup
+  chunked = dataclasses.replace(settings, rollout_chunks=2)
+  got = jax.jit(functools.partial(experience.generate, settings=chunked))(st, batch, rng)
+  for chunk in range(2):
+    rows = slice(chunk, None, 2)  # chunk c holds rows c, c + 2, ...
+    want = sampling.sample(st.policy.params, CFG, batch['tokens'][rows], batch['mask'][rows],
+                           jax.random.fold_in(rng, chunk), max_new_tokens=N, eos_id=EOS,
+                           pad_id=PAD)
+    np.testing.assert_array_equal(got.tokens[rows], want.tokens)
+    np.testing.assert_array_equal(got.mask[rows], want.mask)
+    np.testing.assert_allclose(got.logprobs[rows], want.logprobs, **TOL)
 
 
 def test_scores_use_bias_and_no_eos_penalty(setup):
