@@ -15,6 +15,9 @@ def get_config(arg=None):
   c.mesh = config_lib.mesh_for(geometry)
   c.data = config_lib.data_config(geometry)
   c.policies = 'gpt,gpt_prompted,sft,ppo,ppo_ptx'  # comma-separated; missing stages are skipped
+  # 'NAME=FOLDER,...': more completed LM stages sampled like gpt, e.g. a larger base model
+  # pretrained in another workdir (experiments/instructgpt_mini).
+  c.extra_policies = ''
   # One temperature for every policy keeps the comparison paired and fair. T = 1 is the
   # distribution PPO optimises (its rollouts sample at T = 1) and how the paper shows InstructGPT
   # samples (App. F); a lower T would flatter the base models' repetitive greedy text less evenly.

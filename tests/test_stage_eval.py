@@ -67,10 +67,12 @@ def test_ppo_params_field_selects_ema_or_raw_policy(workdir):
 
 
 def test_eval_report(workdir):
-  summary = stages.run(_eval_config(workdir))
+  # An extra policy from a folder (here SFT's own, so it must tie with SFT everywhere).
+  summary = stages.run(_eval_config(workdir, extra_policies=f'sft_copy={workdir / "sft"}'))
   out = workdir / 'eval'
   report = json.loads((out / 'report.json').read_text())
-  assert list(report['policies']) == ['gpt', 'gpt_prompted', 'sft', 'ppo']  # ppo_ptx: missing
+  # ppo_ptx: missing, skipped; the extra policy comes last.
+  assert list(report['policies']) == ['gpt', 'gpt_prompted', 'sft', 'ppo', 'sft_copy']
   assert summary['policies'] == list(report['policies'])
   keys = {'win_rate_vs_sft', 'win_rate_ci', 'likert', 'hallucination_rate',
           'fails_instruction_rate', 'inappropriate_rate', 'pretrain_loss', 'public_evals'}
@@ -87,6 +89,8 @@ def test_eval_report(workdir):
   # The PPO stage's EMA params are SFT's: the same samples, hence all ties and the same tax.
   assert ppo_ema['win_rate_vs_sft'] == 0.5
   assert ppo_ema['pretrain_loss'] == sft['pretrain_loss']
+  copy = report['policies']['sft_copy']
+  assert copy['win_rate_vs_sft'] == 0.5 and copy['pretrain_loss'] == sft['pretrain_loss']
   gpt, prompted = report['policies']['gpt'], report['policies']['gpt_prompted']
   assert gpt['public_evals'] == prompted['public_evals']  # same parameters, zero-shot
   markdown = (out / 'report.md').read_text()
@@ -103,3 +107,13 @@ def test_eval_needs_the_sft_baseline(tmp_path):
     eval_stage.available_policies(config)
   with pytest.raises(config_lib.ConfigError, match='baseline'):
     eval_stage.available_policies(_eval_config(tmp_path, policies='gpt,ppo'))
+
+
+@pytest.mark.parametrize('extra, error', [
+    ('big', config_lib.ConfigError),  # no folder
+    ('gpt=/somewhere', config_lib.ConfigError),  # a built-in name
+    ('big=/nonexistent/pretrain', FileNotFoundError),
+])
+def test_bad_extra_policies(workdir, extra, error):
+  with pytest.raises(error, match='big' if error is FileNotFoundError else 'extra_policies'):
+    eval_stage.available_policies(_eval_config(workdir, extra_policies=extra))

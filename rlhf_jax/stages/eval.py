@@ -36,22 +36,43 @@ POLICY_STAGES = {'gpt': 'pretrain', 'gpt_prompted': 'pretrain', 'sft': 'sft', 'p
 PPO_PARAMS = {'ema': 'ema_params', 'policy': 'policy.params'}  # config.ppo_params -> state field
 
 
+def policy_stages(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """Policy name -> the stage (or absolute folder) it samples: POLICY_STAGES, plus the
+  `extra_policies` ('name=FOLDER,...': other checkpoints sampled like gpt, e.g. a larger base
+  model trained in another workdir)."""
+  out = dict(POLICY_STAGES)
+  for pair in filter(None, (p.strip() for p in config.get('extra_policies', '').split(','))):
+    name, sep, folder = (x.strip() for x in pair.partition('='))
+    if not sep or not name or not folder or name in out:
+      raise config_lib.ConfigError(f'extra_policies entry {pair!r}: expected NAME=FOLDER with a '
+                                   f'new NAME (not one of {", ".join(out)})')
+    out[name] = str(pathlib.Path(folder).resolve())
+  return out
+
+
 def available_policies(config: ml_collections.ConfigDict) -> list[str]:
-  """The configured policies whose stage is complete, in config order; SFT must be one."""
+  """The configured policies whose stage is complete, in config order; SFT must be one.
+  Extra policies are always evaluated, after the configured ones."""
+  stages = policy_stages(config)
   names = [n.strip() for n in config.policies.split(',') if n.strip()]
   unknown = sorted(set(names) - set(POLICY_STAGES))
   if unknown or evaluation.BASELINE not in names:
     raise config_lib.ConfigError(f'policies: {config.policies!r} must name the baseline '
                                  f'{evaluation.BASELINE!r} and only {", ".join(POLICY_STAGES)}')
+  extras = [n for n in stages if n not in POLICY_STAGES]
+  for name in extras:
+    if not checkpoint.is_complete(stages[name]):
+      raise FileNotFoundError(f'{stages[name]}: extra policy {name!r} is not a complete stage '
+                              '(no summary.json)')
   present = [n for n in names if checkpoint.is_complete(
-      str(common.stage_path(config.workdir, POLICY_STAGES[n])))]
+      str(common.stage_path(config.workdir, stages[n])))]
   if evaluation.BASELINE not in present:
     raise FileNotFoundError(f'{config.workdir}/{evaluation.BASELINE}: the baseline policy is not '
                             'trained (no summary.json)')
   skipped = [n for n in names if n not in present]
   if skipped:
     print(f'[eval] skipping {", ".join(skipped)}: stage not complete', flush=True)
-  return present
+  return present + extras
 
 
 def load_policy(config: ml_collections.ConfigDict, stage: str, mesh) -> tuple[ModelConfig, Any]:
@@ -224,8 +245,9 @@ def _run_policies(config, names: list[str], inputs: dict, mesh) -> tuple[dict, d
   per_policy = -(-len(inputs['test']) // config.batch_size)
   progress = metrics.Progress(per_policy * len(names))
   responses, tax, loaded = {}, {}, {}
+  stages = policy_stages(config)
   for i, name in enumerate(names):
-    stage = POLICY_STAGES[name]
+    stage = stages[name]
     if stage not in loaded:
       loaded = {stage: load_policy(config, stage, mesh)}  # one policy in memory at a time
     model, params = loaded[stage]
@@ -247,11 +269,11 @@ def _run_policies(config, names: list[str], inputs: dict, mesh) -> tuple[dict, d
 def _report(config, names, inputs, responses, tax) -> dict:
   prompts = [r['prompt'] for r in inputs['test']]
   categories = [r['category'] for r in inputs['test']]
-  policies = {}
+  policies, stages = {}, policy_stages(config)
   for name in names:
     judged = evaluation.judge_responses(inputs['judges'], prompts, responses[name],
                                         responses[evaluation.BASELINE])
-    policies[name] = evaluation.policy_entry(judged, categories, *tax[POLICY_STAGES[name]])
+    policies[name] = evaluation.policy_entry(judged, categories, *tax[stages[name]])
   examples = [{'prompt': prompts[i], 'category': categories[i],
                'responses': {n: responses[n][i] for n in names}}
               for i in range(min(config.examples, len(prompts)))]
