@@ -78,6 +78,7 @@ def get_config(arg=None):
   c.kl_horizon = 10_000
   c.ptx_coef = 0.0
   c.ptx_per_episode = 8  # pretraining rows per episode of each minibatch (used when ptx_coef > 0)
+  c.ptx_chunks = 1  # accumulate the ptx gradient over this many chunks of rows (memory)
   c.clip = 0.2
   c.value_clip = 0.2
   c.gae_gamma = 1.0

@@ -54,6 +54,7 @@ class PPOSettings:
     score_fn: optional stand-in for the reward model (toy rewards in tests and experiments).
     rollout_chunks: generate and score the batch in this many chunks of rows, one after the
       other: their peak memory (KV cache, [B, N, V] logits) shrinks by this factor.
+    ptx_chunks: accumulate the pretraining gradient over this many chunks of its rows.
   """
   policy_model: ModelConfig
   reward_model: ModelConfig
@@ -81,6 +82,7 @@ class PPOSettings:
   ema_decay: float = rl_math.EMA_DECAY
   score_fn: Optional[ScoreFn] = None
   rollout_chunks: int = 1
+  ptx_chunks: int = 1
 
   @property
   def n_minibatches(self) -> int:

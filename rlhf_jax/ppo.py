@@ -91,12 +91,16 @@ def settings_from_config(config: ml_collections.ConfigDict, *, eos_id: Optional[
     score_fn: optional replacement of the reward model.
 
   Raises:
-    ConfigError: when the batch does not split into whole minibatches or rollout chunks.
+    ConfigError: when the batch does not split into whole minibatches or chunks.
   """
   for field in ('minibatch_size', 'rollout_chunks'):
     if config.batch_size % config[field]:
       raise config_lib.ConfigError(f'batch_size={config.batch_size} is not a multiple of '
                                    f'{field}={config[field]}')
+  if config.ptx_per_episode * config.minibatch_size % config.ptx_chunks:
+    raise config_lib.ConfigError(f'ptx_per_episode * minibatch_size = '
+                                 f'{config.ptx_per_episode * config.minibatch_size} pretraining '
+                                 f'rows are not a multiple of ptx_chunks={config.ptx_chunks}')
   updates = config.ppo_epochs * (config.batch_size // config.minibatch_size)
   total = max(config.episodes // config.batch_size, 1) * updates
 
@@ -118,7 +122,7 @@ def settings_from_config(config: ml_collections.ConfigDict, *, eos_id: Optional[
       value_clip=config.value_clip, gae_gamma=config.gae_gamma, gae_lambda=config.gae_lambda,
       whiten_rewards=config.whiten_rewards, whiten_advantages=config.whiten_advantages,
       no_eos_penalty=config.no_eos_penalty, ema_decay=config.ema_decay, score_fn=score_fn,
-      rollout_chunks=config.rollout_chunks)
+      rollout_chunks=config.rollout_chunks, ptx_chunks=config.ptx_chunks)
 
 
 def _policy_loss(params: Any, mb: Experience, settings: PPOSettings) -> tuple[jax.Array, Metrics]:
@@ -135,10 +139,42 @@ def _policy_loss(params: Any, mb: Experience, settings: PPOSettings) -> tuple[ja
 
 def ptx_loss(params: Any, settings: PPOSettings, batch: dict[str, jax.Array]) -> jax.Array:
   """Mean next-token NLL of a pretraining TokenBatch (tokens, mask, loss_mask [R, T])."""
+  nll_sum, count = _ptx_nll(params, settings, batch)
+  return nll_sum / jnp.maximum(count, 1)
+
+
+def _ptx_nll(params: Any, settings: PPOSettings,
+             batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """(summed next-token NLL, token count) of a pretraining TokenBatch."""
   logits = LanguageModel(settings.policy_model).apply({'params': params}, batch['tokens'],
                                                       batch['mask'].astype(bool))
-  return losses.mean_token_nll(logits[:, :-1], batch['tokens'][:, 1:],
-                               batch['loss_mask'][:, 1:].astype(bool))
+  return losses.token_nll(logits[:, :-1], batch['tokens'][:, 1:],
+                          batch['loss_mask'][:, 1:].astype(bool))
+
+
+def ptx_gradients(params: Any, settings: PPOSettings,
+                  batch: dict[str, jax.Array]) -> tuple[jax.Array, Any]:
+  """(mean NLL, its gradient) of a pretraining batch of R rows, in `settings.ptx_chunks`
+  chunks of rows accumulated one after the other: the [R, T, V] logits of the paper's 8 rows
+  per episode are the update's peak memory, and chunks divide it."""
+  chunks = settings.ptx_chunks
+  if chunks == 1:
+    return jax.value_and_grad(ptx_loss)(params, settings, batch)
+  split = lambda x: jnp.swapaxes(x.reshape((-1, chunks) + x.shape[1:]), 0, 1)
+
+  def accumulate(carry, rows):
+    (nll_sum, count), grads = jax.value_and_grad(
+        lambda p: _ptx_nll(p, settings, rows), has_aux=True)(params)
+    total_nll, total_count, total_grads = carry
+    return (total_nll + nll_sum, total_count + count,
+            jax.tree.map(jnp.add, total_grads, grads)), None
+
+  zero = jnp.zeros((), jnp.float32)
+  (nll_sum, count, grads), _ = jax.lax.scan(
+      accumulate, (zero, zero, jax.tree.map(jnp.zeros_like, params)),
+      jax.tree.map(split, batch))
+  scale = 1 / jnp.maximum(count, 1)
+  return nll_sum * scale, jax.tree.map(lambda g: g * scale, grads)
 
 
 def policy_gradients(params: Any, mb: Experience, ptx: Optional[dict[str, jax.Array]],
@@ -151,7 +187,7 @@ def policy_gradients(params: Any, mb: Experience, ptx: Optional[dict[str, jax.Ar
   """
   (_, metrics), grads = jax.value_and_grad(_policy_loss, has_aux=True)(params, mb, settings)
   if settings.ptx_coef:
-    nll, ptx_grads = jax.value_and_grad(ptx_loss)(params, settings, ptx)
+    nll, ptx_grads = ptx_gradients(params, settings, ptx)
     grads = jax.tree.map(lambda g, h: g + settings.ptx_coef * h, grads, ptx_grads)
     metrics['ptx/loss'] = nll
   return grads, metrics

@@ -153,9 +153,10 @@ def _reference_nll(params, batch):
   return -jnp.sum(logp * w) / jnp.sum(w)
 
 
-def test_ptx_gradient_is_accumulated(setup):
+@pytest.mark.parametrize('ptx_chunks', [1, 3])  # 3: the 3 rows one at a time
+def test_ptx_gradient_is_accumulated(setup, ptx_chunks):
   _, st, _, _, _, exp, _ = setup
-  settings = make_settings(ptx_coef=2.5)
+  settings = make_settings(ptx_coef=2.5, ptx_chunks=ptx_chunks)
   mb = jax.tree.map(lambda x: x[:M], exp)
   # Push the policy off the rollout policy so that some ratios clip.
   params = jax.tree.map(lambda x: x * 1.5, st.policy.params)

@@ -25,8 +25,11 @@ STAGE_FIELDS = {
     'sft': dict(epochs=1, batch_size=32, lr=9.65e-6),
     'sft_init': dict(epochs=1, batch_size=32, lr=5e-6),
     'rm': dict(epochs=1, batch_size=64, lr=9e-6, k_max=2, init_from='sft'),
+    # Rollouts generated and scored, and the 8 x 64 pretraining rows of each update
+    # differentiated, 64 rows at a time: whole, their KV cache and logits need 17 (generate),
+    # 62 (score) and 16.2 (ppo_step) GB per v5e chip (aot); in chunks every phase fits.
     'ppo_ptx': dict(episodes=256_000, batch_size=512, minibatch_size=64, lr=1.02e-5,
-                    ema_decay=0.992),
+                    ema_decay=0.992, rollout_chunks=8, ptx_chunks=8),
     'label': {},
 }
 # (sequence, prompt) tokens; GPT-2's context is 1024. HH dialogues are long with short replies;
@@ -49,8 +52,10 @@ def recipe(stage: str, arg: str | None, dataset: str):
   if stage in ('sft', 'sft_init'):
     c.init_from = f'hf:{CHECKPOINTS[geometry]}'
   c.workdir = f'runs/{dataset}_{geometry}'
-  # One GPU or a TPU v5e-8: data parallel over what is there; bf16 compute, fp32 master weights.
-  c.mesh = config_lib.ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # One GPU or a TPU v5e-8: parameters, gradients and Adam moments split over every chip (FSDP):
+  # PPO holds four 1B models, ~32 GB of fp32 weights and moments, twice a v5e chip's 16 GiB.
+  # bf16 compute, fp32 master weights.
+  c.mesh = config_lib.ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   c.model.dtype = 'bfloat16'
   c.model.remat = 'full'
   if 'data' in c:
