@@ -160,9 +160,9 @@ def response_logprobs(params: Any, config: ModelConfig, tokens: jax.Array, mask:
   Returns:
     (logprobs [B, N] float32, scaled logits [B, N, V] float32 that predicted them).
   """
-  logits = LanguageModel(config).apply({'params': params}, tokens, mask)
   # Position t predicts token t + 1: the response is predicted from P - 1 to the second-to-last.
-  logits = logits[:, prompt_len - 1:-1] / temperature
+  logits = LanguageModel(config).apply({'params': params}, tokens, mask,
+                                       positions=slice(prompt_len - 1, -1)) / temperature
   return losses.token_logprobs(logits, tokens[:, prompt_len:]), logits
 
 

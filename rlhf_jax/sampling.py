@@ -101,7 +101,8 @@ def sample(params: Any, config: ModelConfig, prompt_tokens: jax.Array, prompt_ma
     raise ValueError(f'max_new_tokens must be at least 1, got {n}')
   # The last token is never fed back, so the cache needs P + N - 1 slots.
   cache = init_cache(config, b, p + n - 1)
-  logits, cache = model.apply(variables, prompt_tokens, prompt_mask, cache=cache, last_only=True)
+  logits, cache = model.apply(variables, prompt_tokens, prompt_mask, cache=cache,
+                              positions=slice(-1, None))
   init = dict(i=jnp.zeros((), jnp.int32), cache=cache, logits=logits[:, 0],
               done=jnp.zeros((b,), bool), tokens=jnp.full((b, n), pad_id, jnp.int32),
               logprobs=jnp.zeros((b, n), jnp.float32), mask=jnp.zeros((b, n), bool))

@@ -156,6 +156,18 @@ def test_forward_matches_reference(flavour):
   assert ('lm_head' in params) == (not c.tie_embeddings)
 
 
+@pytest.mark.parametrize('flavour', ['gpt3', 'neox'])  # tied and untied LM heads
+def test_logits_at_selected_positions(flavour):
+  """`positions` computes the same logits as the full forward, at those positions only."""
+  c = FLAVOURS[flavour]
+  params, tokens = _params(c), _tokens(c, 2, 9)
+  mask = jnp.ones_like(tokens, bool)
+  full = _forward(c, params, tokens, mask)
+  for positions in (slice(3, -1), slice(-1, None)):
+    part = LanguageModel(c).apply({'params': params}, tokens, mask, positions=positions)
+    np.testing.assert_allclose(part, full[:, positions], **TOL)
+
+
 def test_band_changes_output():
   """The band really bites: the alternating model differs from its dense twin past the window."""
   c = FLAVOURS['gpt3']

@@ -25,7 +25,7 @@ class LanguageModel(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, mask, *, deterministic: bool = True,
-               cache: Optional[KVCache] = None, last_only: bool = False):
+               cache: Optional[KVCache] = None, positions: slice = slice(None)):
     """Next-token logits.
 
     Args:
@@ -33,17 +33,17 @@ class LanguageModel(nn.Module):
       mask: [B, T] bool, True for real tokens; rows may be left- or right-padded.
       deterministic: False enables dropout (needs the 'dropout' rng).
       cache: when given, tokens are written at `cache.index` and attend to the cache.
-      last_only: only the last position's logits, [B, 1, V] (saves the [B, T, V] tensor of a
-        prefill; right for left-padded prompts).
+      positions: the positions whose logits are computed (T' of them): the LM head and its
+        [B, T, V] output are skipped elsewhere. A prefill needs only the last position, PPO only
+        the response's.
 
     Returns:
-      logits [B, T, V] float32, or (logits, new_cache) when `cache` is given.
+      logits [B, T', V] float32, or (logits, new_cache) when `cache` is given.
     """
     c = self.config
     trunk = Trunk(c, deterministic, name='trunk')
     h, new_cache = trunk(tokens, mask, cache)
-    if last_only:
-      h = h[:, -1:]
+    h = h[:, positions]
     if c.tie_embeddings:
       logits = trunk.attend(h)
     else:
