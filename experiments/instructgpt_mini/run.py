@@ -54,14 +54,15 @@ def ppo_curves(workdir: pathlib.Path, out: pathlib.Path) -> None:
 def tables(report: dict) -> str:
   policies = [p for p in POLICIES if p in report['policies']]
   rows = ['| policy | win rate vs SFT [95% CI] | Likert | fails instruction | hallucination '
-          '| inappropriate | pretrain loss |', '|---' * 7 + '|']
+          '| inappropriate | constraint satisfied | pretrain loss |', '|---' * 8 + '|']
   for name in policies:
     p = report['policies'][name]
     lo, hi = p['win_rate_ci']
     rate = lambda x: '-' if x is None else f'{x:.3f}'
     rows.append(f'| {name} | {p["win_rate_vs_sft"]:.3f} [{lo:.3f}, {hi:.3f}] | {p["likert"]:.2f} '
                 f'| {rate(p["fails_instruction_rate"])} | {rate(p["hallucination_rate"])} '
-                f'| {rate(p["inappropriate_rate"])} | {p["pretrain_loss"]:.4f} |')
+                f'| {rate(p["inappropriate_rate"])} | {rate(p["constraint_satisfied_rate"])} '
+                f'| {p["pretrain_loss"]:.4f} |')
   tasks = sorted(report['policies']['sft']['public_evals'])
   rows += ['', '| policy | ' + ' | '.join(tasks) + ' |', '|---' * (len(tasks) + 1) + '|']
   for name in policies:
