@@ -46,14 +46,17 @@ def workload_config(geometry: str):
 def iteration_flops(settings: ppo.PPOSettings) -> dict[str, float]:
   """Model FLOPs of each phase: matmuls with weights and causal attention over T positions.
 
-  generate ~ one policy forward over every position (prefill + one step per new token); score =
-  policy, reference, value and RM forwards; train = forward + backward (3x) of policy and value.
+  The LM head counts only at the N response positions, the only logits PPO needs (the sampler
+  and `experience.response_logprobs` compute no others). generate ~ one policy forward (prefill
+  + one step per new token); score = policy, reference, value and RM forwards; train = forward +
+  backward (3x) of policy and value.
   """
   t = PROMPT_LEN + RESPONSE_LEN
 
   def forward(model, head):
-    lm_head = 0 if head == 'lm' else 2 * model.d_model * model.vocab_size
-    return EPISODES * t * (common.train_flops_per_token(model, t) / 3 - lm_head)
+    per_token = common.train_flops_per_token(model, t) / 3  # includes an LM head
+    lm_head = 2 * model.d_model * model.vocab_size
+    return EPISODES * (t * (per_token - lm_head) + (RESPONSE_LEN * lm_head if head == 'lm' else 0))
 
   policy = forward(settings.policy_model, 'lm')
   scalar = forward(settings.reward_model, 'scalar')
