@@ -125,6 +125,7 @@ def validate_model(m: ModelConfig) -> None:
   need(m.param_dtype in ('float32', 'bfloat16'), f'param_dtype {m.param_dtype!r} unknown')
   need(m.local_window > 0, f'local_window={m.local_window} must be positive')
   need(m.remat in ('none', 'full', 'dots'), f'remat {m.remat!r} unknown')
+  need(m.scan_unroll >= 1, f'scan_unroll={m.scan_unroll} must be at least 1')
   need(m.mlp in ('gelu', 'gelu_exact', 'swiglu'), f'mlp {m.mlp!r} unknown')
   for name in ('vocab_size', 'n_layers', 'd_model', 'n_heads', 'd_head', 'd_ff', 'max_len'):
     need(getattr(m, name) > 0, f'{name}={getattr(m, name)} must be positive')

@@ -55,6 +55,8 @@ class PPOSettings:
     rollout_chunks: generate and score the batch in this many chunks of rows, one after the
       other: their peak memory (KV cache, [B, N, V] logits) shrinks by this factor.
     ptx_chunks: accumulate the pretraining gradient over this many chunks of its rows.
+    unroll_update_layers: the update's forward and backward passes run the layers unrolled
+      (`ppo.update_settings`); the rollout's forward-only passes keep the layer loop.
   """
   policy_model: ModelConfig
   reward_model: ModelConfig
@@ -83,6 +85,7 @@ class PPOSettings:
   score_fn: Optional[ScoreFn] = None
   rollout_chunks: int = 1
   ptx_chunks: int = 1
+  unroll_update_layers: bool = False
 
   @property
   def n_minibatches(self) -> int:

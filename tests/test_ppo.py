@@ -255,6 +255,13 @@ def test_toy_reward_increases():
   assert np.mean(scores[-2:]) > np.mean(scores[:2]) + 0.15, scores
 
 
+def _assert_same_step(got_state, got_metrics, want_state, want_metrics):
+  for got, want in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state)):
+    np.testing.assert_allclose(got, want, **TOL)
+  for name in want_metrics:
+    np.testing.assert_allclose(got_metrics[name], want_metrics[name], **TOL, err_msg=name)
+
+
 def test_sharded_ppo_step_equals_unsharded(setup, stepped):
   _, st, _, _, _, exp, _ = setup
   step, ptx, rng, want_state, want_metrics = stepped
@@ -272,7 +279,15 @@ def test_sharded_ppo_step_equals_unsharded(setup, stepped):
   assert any(not x.sharding.is_fully_replicated for x in jax.tree.leaves(got_state.policy.params))
   # Reductions (matmuls over fsdp-split dims, batch means) are summed in a different order on
   # 8 devices, so float32 results agree to rounding, not bit for bit.
-  for got, want in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state)):
-    np.testing.assert_allclose(got, want, **TOL)
-  for name in want_metrics:
-    np.testing.assert_allclose(got_metrics[name], want_metrics[name], **TOL, err_msg=name)
+  _assert_same_step(got_state, got_metrics, want_state, want_metrics)
+
+
+def test_unrolled_update_equals_layer_loop(setup, stepped):
+  """Unrolling the layers in the update changes how the passes are compiled, not the result."""
+  _, st, _, _, _, exp, _ = setup
+  step, ptx, rng, want_state, want_metrics = stepped
+  unrolled = dataclasses.replace(step.keywords['settings'], unroll_update_layers=True)
+  assert ppo.update_settings(unrolled).policy_model.scan_unroll == CFG.n_layers
+  got_state, got_metrics = jax.jit(functools.partial(ppo.ppo_step, settings=unrolled))(
+      st, exp, ptx, rng)
+  _assert_same_step(got_state, got_metrics, want_state, want_metrics)

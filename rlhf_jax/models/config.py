@@ -39,6 +39,8 @@ class ModelConfig:
     param_dtype: stored (master) weight dtype.
     remat: rematerialisation policy of each scanned layer: 'none', 'full' (save only layer
       inputs) or 'dots' (save matmul outputs without batch dims, recompute the rest).
+    scan_unroll: layers per trip of the layer loop (`lax.scan`'s unroll; n_layers or more
+      removes the loop). Compile time grows with it; parameters keep their stacked layout.
   """
   vocab_size: int
   n_layers: int
@@ -68,6 +70,7 @@ class ModelConfig:
   dtype: str = 'float32'
   param_dtype: str = 'float32'
   remat: Literal['none', 'full', 'dots'] = 'none'
+  scan_unroll: int = 1
 
   @property
   def kv_heads(self) -> int:

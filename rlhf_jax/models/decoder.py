@@ -247,7 +247,8 @@ class Trunk(nn.Module):
       block = nn.remat(Block, prevent_cse=False, policy=_REMAT_POLICIES[c.remat])
     self.layers = nn.scan(block, variable_axes={'params': 0},
                           split_rngs={'params': True, 'dropout': True}, in_axes=(0, nn.broadcast),
-                          length=c.n_layers, metadata_params={nn.PARTITION_NAME: 'layers'})(
+                          length=c.n_layers, unroll=c.scan_unroll,
+                          metadata_params={nn.PARTITION_NAME: 'layers'})(
                               c, self.deterministic)
     self.ln_f = Norm(c)
     self.embed_drop = nn.Dropout(c.embed_dropout)
