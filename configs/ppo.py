@@ -79,9 +79,6 @@ def get_config(arg=None):
   c.ptx_coef = 0.0
   c.ptx_per_episode = 8  # pretraining rows per episode of each minibatch (used when ptx_coef > 0)
   c.ptx_chunks = 1  # accumulate the ptx gradient over this many chunks of rows (memory)
-  # CPU presets: the update's passes unroll the layer loop (faster for small models on CPU;
-  # larger models keep one compiled layer, whose compile time does not grow with depth).
-  c.unroll_update_layers = geometry in config_lib.CPU_PRESETS
   c.clip = 0.2
   c.value_clip = 0.2
   c.gae_gamma = 1.0

@@ -110,7 +110,16 @@ def base_config(geometry: str = 'tiny') -> ml_collections.ConfigDict:
   c.log_every = 10
   c.eval_every = 0
   c.checkpoint_every = 0
+  # Training steps (sft, rm, the PPO update) differentiate the layers unrolled on the CPU
+  # presets; forward-only passes (sampling, scoring, validation) keep the layer loop. Either is
+  # the same math; on small models on CPU each is the faster (experiments/bench/README.md).
+  c.unroll_update_layers = geometry in CPU_PRESETS
   return c
+
+
+def training_model(model: ModelConfig, config: ml_collections.ConfigDict) -> ModelConfig:
+  """The geometry a stage's training step differentiates: unrolled if the config says so."""
+  return model.unrolled() if config.unroll_update_layers else model
 
 
 def validate_model(m: ModelConfig) -> None:

@@ -56,7 +56,8 @@ class PPOSettings:
       other: their peak memory (KV cache, [B, N, V] logits) shrinks by this factor.
     ptx_chunks: accumulate the pretraining gradient over this many chunks of its rows.
     unroll_update_layers: the update's forward and backward passes run the layers unrolled
-      (`ppo.update_settings`); the rollout's forward-only passes keep the layer loop.
+      (`ppo.update_settings`); the rollout's forward-only passes keep the layer loop (config
+      field of the same name, on for the CPU presets).
   """
   policy_model: ModelConfig
   reward_model: ModelConfig

@@ -137,9 +137,8 @@ def update_settings(settings: PPOSettings) -> PPOSettings:
   """
   if not settings.unroll_update_layers:
     return settings
-  unroll = lambda m: m.replace(scan_unroll=m.n_layers)
-  return dataclasses.replace(settings, policy_model=unroll(settings.policy_model),
-                             reward_model=unroll(settings.reward_model))
+  return dataclasses.replace(settings, policy_model=settings.policy_model.unrolled(),
+                             reward_model=settings.reward_model.unrolled())
 
 
 def _policy_loss(params: Any, mb: Experience, settings: PPOSettings) -> tuple[jax.Array, Metrics]:

@@ -168,6 +168,24 @@ def test_logits_at_selected_positions(flavour):
     np.testing.assert_allclose(part, full[:, positions], **TOL)
 
 
+@pytest.mark.parametrize('flavour', ['gpt3', 'llama'])
+def test_unrolled_layers_same_forward_and_gradient(flavour):
+  """Unrolling the layer loop (training steps on CPU presets) changes compilation only."""
+  c = FLAVOURS[flavour]
+  params, tokens = _params(c), _tokens(c, 2, 9)
+  mask = jnp.ones_like(tokens, bool)
+
+  def loss(params, config):
+    return jnp.mean(jax.nn.log_softmax(_forward(config, params, tokens, mask))[..., 0])
+
+  grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  (want, want_grads), (got, got_grads) = grad(params, c), grad(params, c.unrolled())
+  assert c.unrolled().scan_unroll == c.n_layers > 1
+  np.testing.assert_allclose(got, want, **TOL)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, **TOL)
+
+
 def test_band_changes_output():
   """The band really bites: the alternating model differs from its dense twin past the window."""
   c = FLAVOURS['gpt3']

@@ -9,7 +9,7 @@ a + b * n for n filled cache slots (a: weights and fixed work, b: reading one sl
 values), so the ratio exceeds 2 by an amount set by b / a, which grows with the batch. Wall
 time and process CPU time are both printed: on a shared machine CPU time is the steadier of the
 two. Then the training step's achieved FLOP/s as a fraction of this machine's measured float32
-matmul peak (target >= 40%).
+matmul peak (issue 8: >= 50%), with the geometry the sft stage differentiates.
 """
 import argparse
 import functools
@@ -81,7 +81,9 @@ def main():
   opt = config_lib.optimizer_config(3e-4)
   tx = optim.make_optimizer(opt, 1000)
   train_state = state.create_train_state(params, tx)
-  model = state.make_model(config, 'lm')
+  # The geometry the sft stage's step differentiates (configs/sft.py: unrolled on CPU presets).
+  stage = config_lib.load_config(f'{config_lib.CONFIG_DIR}/sft.py:{args.geometry}')
+  model = state.make_model(config_lib.training_model(config, stage), 'lm')
   step = jax.jit(functools.partial(sft.sft_step, model=model, tx=tx), donate_argnums=0)
   rng = np.random.default_rng(0)
   batch = {'tokens': jnp.asarray(rng.integers(0, config.vocab_size, (args.batch, args.seq)),
@@ -99,7 +101,7 @@ def main():
   flops = train_flops_per_step(config, n_params, args.batch, args.seq)
   print(f'sft_step batch {args.batch}x{args.seq}: {seconds * 1e3:.1f} ms, '
         f'{flops / seconds / 1e9:.1f} GFLOP/s = {flops / seconds / peak:.0%} of peak '
-        f'(target >= 40%); {args.batch * args.seq / seconds:,.0f} tokens/s')
+        f'(target >= 50%); {args.batch * args.seq / seconds:,.0f} tokens/s')
 
 
 if __name__ == '__main__':

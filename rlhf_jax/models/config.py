@@ -78,3 +78,7 @@ class ModelConfig:
 
   def replace(self, **changes) -> 'ModelConfig':
     return dataclasses.replace(self, **changes)
+
+  def unrolled(self) -> 'ModelConfig':
+    """The same model with its layer loop unrolled (see `scan_unroll`)."""
+    return self.replace(scan_unroll=self.n_layers)

@@ -115,7 +115,9 @@ def run_lm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
   abstract_state, state_shardings = state.abstract_train_state(model_cfg, 'lm', tx, mesh)
   rows = sharding.batch_sharding(mesh)
   step = loop.jit_step(
-      functools.partial(sft.sft_step, model=model, tx=tx,
+      functools.partial(sft.sft_step,
+                        model=state.make_model(config_lib.training_model(model_cfg, config), 'lm'),
+                        tx=tx,
                         lr_schedule=optim.schedule(config.optimizer, total_steps)),
       state_shardings=state_shardings, batch_shardings=rows)
 

@@ -110,7 +110,10 @@ def run_rm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
   abstract_state, state_shardings = state.abstract_train_state(model_cfg, 'scalar', tx, mesh)
   rows = sharding.batch_sharding(mesh)
   step = loop.jit_step(
-      functools.partial(rm.rm_step, model=model, tx=tx,
+      functools.partial(rm.rm_step,
+                        model=state.make_model(config_lib.training_model(model_cfg, config),
+                                               'scalar'),
+                        tx=tx,
                         lr_schedule=optim.schedule(config.optimizer, total_steps)),
       state_shardings=state_shardings, batch_shardings=rows)
   valid = _valid_fn(config, tok, model, mesh, label_files)
