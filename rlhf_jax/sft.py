@@ -29,10 +29,12 @@ def _nll(params, batch: Batch, model, deterministic: bool,
   """(nll_sum, token_count) of the batch's loss tokens; position t predicts token t + 1."""
   tokens = batch['tokens']  # [B, T]
   rngs = None if deterministic else {'dropout': rng}
+  # The last position predicts nothing: the LM head skips it (rather than slicing its logits,
+  # a copy of [B, T - 1, V] whose gradient is a padded copy back).
   logits = model.apply({'params': params}, tokens, batch['mask'], deterministic=deterministic,
-                       rngs=rngs)  # [B, T, V]
+                       rngs=rngs, positions=slice(None, -1))  # [B, T - 1, V]
   # loss_mask is never set on a document's first token, so the shift needs no segment logic.
-  return losses.token_nll(logits[:, :-1], tokens[:, 1:], batch['loss_mask'][:, 1:])
+  return losses.token_nll(logits, tokens[:, 1:], batch['loss_mask'][:, 1:])
 
 
 def sft_step(state: TrainState, batch: Batch, rng: jax.Array, *, model,
