@@ -228,8 +228,8 @@ def test_padding_invariance(flavour, left):
 def test_cache_prefill_and_steps_match_full_forward(flavour, block, monkeypatch):
   """Left-padded prompts, prefill, then one token at a time == one full forward.
 
-  With blocks of 4 the 11-slot cache spans three blocks (the last one clamped), and the shortest
-  prompt's padding fills the whole first block.
+  With blocks of 4 the 11-slot cache is read as prefixes of 4, 8 and 11 slots (the last one the
+  whole cache), and the shortest prompt's padding fills the whole first block.
   """
   monkeypatch.setattr(attention, 'KV_BLOCK', block)
   c = FLAVOURS[flavour]
@@ -251,12 +251,12 @@ def test_cache_prefill_and_steps_match_full_forward(flavour, block, monkeypatch)
 
 
 @pytest.mark.parametrize('write_index, t', [(0, 5), (3, 2), (8, 1), (9, 3), (13, 1)])
-def test_blockwise_cached_attention_matches_dense(write_index, t, monkeypatch):
-  """Blocks of 4 over a 14-slot cache == dense attention over the cache with the chunk written.
+def test_prefix_cached_attention_matches_dense(write_index, t, monkeypatch):
+  """Prefixes in blocks of 4 of a 14-slot cache == dense attention over the cache, chunk written.
 
-  Covers no filled block (prefill), partial and whole blocks, the clamped last block (slots 12-13
-  re-read from 10), rows whose left padding fills whole blocks, a band, GQA, and stale slots
-  past the chunk (random, never read).
+  Covers no filled block (prefill), partial and whole blocks, the last prefix being the whole
+  cache (13 filled slots read as 14), rows whose left padding fills whole blocks, a band, GQA,
+  and stale slots past the chunk (random, never read).
   """
   monkeypatch.setattr(attention, 'KV_BLOCK', 4)
   b, n_kv, g, dh, slots, layer = 3, 2, 2, 8, 14, 1

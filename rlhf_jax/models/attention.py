@@ -1,25 +1,30 @@
-"""Attention kernels: dense over a sequence's own keys, and blockwise over a KV cache.
+"""Attention kernels: dense over a sequence's own keys, and over a KV cache's filled prefix.
 
 The dense kernel is the training / full-forward path. The cached kernel serves decoding: a chunk
 (a prefill, or one token per step) attends to the filled slots of the cache plus its own keys,
-which the caller writes into the cache afterwards. It reads the cache in blocks of `KV_BLOCK`
-slots with an online softmax (running max and sum, as flash-decoding), looping only over the
-filled blocks, so a step costs time proportional to the filled length rather than to the cache
-capacity, and reads each cached key and value once. The cache keeps slots after heads
-([L, B, K, S, Dh]): a block is then B * K contiguous [slots, Dh] matrices, which the CPU's
-batched matmuls read directly; slots before heads measured twice as slow per slot (transposes).
+which the caller writes into the cache afterwards. It reads the filled prefix of the cache,
+rounded up to a multiple of `KV_BLOCK` slots, in one piece: a `lax.switch` over the possible
+prefix lengths keeps every shape static, so a step costs time proportional to the filled length
+rather than to the cache capacity and reads each cached key and value once. The prefix and the
+chunk's own keys are combined with an online softmax (running max and sum, as flash-decoding).
+The cache keeps slots after heads ([L, B, K, S, Dh]): a prefix is then B * K contiguous
+[slots, Dh] matrices, which the CPU's batched matmuls read directly; slots before heads measured
+twice as slow per slot (transposes). A loop over 64-slot blocks instead of one prefix took
+about twice the time per slot on CPU (a copy and a loop trip per block; experiments/bench/).
 
 Shapes: B batch, T query length, S key length or cache slots, L layers, K kv heads,
 G = H // K query heads per kv head, Dh head dim.
 """
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Cache slots per iteration of the decode loop. Each iteration has a fixed overhead (a loop trip
-# per layer and step on CPU); the last filled block wastes at most KV_BLOCK - 1 masked slots.
+# The prefix lengths the cached kernel compiles: multiples of KV_BLOCK slots (and the whole
+# cache). A prefix wastes at most KV_BLOCK - 1 masked slots; the kernel compiles one branch per
+# length, S / KV_BLOCK + 1 in all.
 KV_BLOCK = 64
 # Masked scores get a finite floor (not -inf): a row with no valid key (a padding query) then
 # averages the values uniformly instead of turning into NaN; any valid key outweighs it fully.
@@ -75,13 +80,13 @@ def _online_update(carry, q, keys, values, valid):
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.Array,
                      cache_v: jax.Array, layer: jax.Array, mask: jax.Array,
                      write_index: jax.Array) -> jax.Array:
-  """Attention of a chunk over the cache's filled slots and its own keys, block by block.
+  """Attention of a chunk over the cache's filled slots and its own keys.
 
   Args:
     q: [B, T, K, G, Dh] the chunk's queries (compute dtype).
     k, v: [B, T, K, Dh] the chunk's own keys and values (not yet in the cache).
     cache_k, cache_v: [L, B, K, S, Dh] every layer's cache (see KVCache); slots < write_index
-      are filled. Passed whole (not sliced per layer) so that only the filled blocks are read.
+      are filled. Passed whole (not sliced per layer) so that only the filled prefix is read.
     layer: [] int32, this layer's index into L.
     mask: [B, T, S] bool over all slots, the chunk's own keys at slots write_index + [0, T).
     write_index: [] int32, the number of filled slots.
@@ -92,23 +97,23 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.Arra
   b, t, n_kv, g, dh = q.shape
   slots = cache_k.shape[3]
   block = min(KV_BLOCK, slots)
-  q = q.transpose(0, 2, 3, 1, 4)  # [B, K, G, T, Dh]: (b, k) lead, as in the cache's blocks.
-
-  def read_block(i, carry):
-    # The last block is clamped into bounds; slots an earlier block covered are masked again.
-    start = jnp.minimum(i * block, slots - block)
-    index = (layer, 0, 0, start, 0)
-    keys = jax.lax.dynamic_slice(cache_k, index, (1, b, n_kv, block, dh))[0]
-    values = jax.lax.dynamic_slice(cache_v, index, (1, b, n_kv, block, dh))[0]
-    slot = start + jnp.arange(block)
-    fresh = (slot >= i * block) & (slot < write_index)
-    valid = jax.lax.dynamic_slice_in_dim(mask, start, block, axis=2) & fresh
-    return _online_update(carry, q, keys, values, valid)
+  q = q.transpose(0, 2, 3, 1, 4)  # [B, K, G, T, Dh]: (b, k) lead, as in the cache.
 
   init = (jnp.full((b, n_kv, g, t), _FLOOR, jnp.float32), jnp.zeros((b, n_kv, g, t), jnp.float32),
           jnp.zeros((b, n_kv, g, t, dh), jnp.float32))
-  n_blocks = (write_index + block - 1) // block
-  carry = jax.lax.fori_loop(0, n_blocks, read_block, init)
+
+  def read_prefix(length: int):
+    """Folds the first `length` slots (static) into the softmax; those past write_index masked."""
+    if length == 0:
+      return init
+    keys = jax.lax.dynamic_slice(cache_k, (layer, 0, 0, 0, 0), (1, b, n_kv, length, dh))[0]
+    values = jax.lax.dynamic_slice(cache_v, (layer, 0, 0, 0, 0), (1, b, n_kv, length, dh))[0]
+    valid = mask[:, :, :length] & (jnp.arange(length) < write_index)
+    return _online_update(init, q, keys, values, valid)
+
+  lengths = [min(i * block, slots) for i in range(-(-slots // block) + 1)]
+  filled_blocks = (write_index + block - 1) // block
+  carry = jax.lax.switch(filled_blocks, [functools.partial(read_prefix, n) for n in lengths])
   own = jax.lax.dynamic_slice_in_dim(mask, write_index, t, axis=2)
   _, l, acc = _online_update(carry, q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), own)
   return (acc / l[..., None]).transpose(0, 3, 1, 2, 4).astype(q.dtype)

@@ -15,7 +15,7 @@ class KVCache:
 
   Attributes:
     k, v: [L, B, K, S, Dh] rotated keys and values (compute dtype); slots after heads, so that
-      a block of slots of one (row, head) is contiguous (see attention.cached_attention).
+      the filled slots of one (row, head) are contiguous (see attention.cached_attention).
     mask: [B, S] bool, True where a slot holds a real token.
     index: [] int32, the next slot to write (same for every row).
     positions: [B] int32, the position id the row's next real token gets.
