@@ -28,6 +28,7 @@ import timing  # noqa: E402
 
 from rlhf_jax import config_lib, optim, sampling, sft, state  # noqa: E402
 from rlhf_jax.models import LanguageModel, init_cache  # noqa: E402
+from rlhf_jax.stages import common  # noqa: E402
 
 
 def decode_seconds(config, params, batch: int, prompt_len: int, lengths=(128, 256),
@@ -123,14 +124,6 @@ def report_step_cost(config, params, batch: int, prompt_len: int = 32):
         f'give {floor:.2f}')
 
 
-def train_flops_per_step(config, n_params: int, batch: int, seq: int) -> float:
-  """6 N per token for the matmuls with parameters, plus causal attention's QK^T and AV
-  (forward 2 * 2 * T * d_head * heads per token, halved by causality; x3 for backward)."""
-  tokens = batch * seq
-  attention = 3 * 2 * config.n_layers * seq * config.n_heads * config.d_head * tokens
-  return 6 * n_params * tokens + attention
-
-
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--geometry', default='small')
@@ -170,8 +163,7 @@ def main():
     metrics['sft/loss'].block_until_ready()
 
   seconds = timing.median_seconds(one_step, warmup=2, iters=5)
-  n_params = state.count_params(params)
-  flops = train_flops_per_step(config, n_params, args.batch, args.seq)
+  flops = common.train_flops_per_token(config, args.seq) * args.batch * args.seq
   print(f'sft_step batch {args.batch}x{args.seq}: {seconds * 1e3:.1f} ms, '
         f'{flops / seconds / 1e9:.1f} GFLOP/s = {flops / seconds / peak:.0%} of peak '
         f'(target >= 50%); {args.batch * args.seq / seconds:,.0f} tokens/s')
