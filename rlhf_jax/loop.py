@@ -223,8 +223,9 @@ class _Loop:
       self.progress.update(step, out.get(self.loss_key), perf['perf/tokens_per_sec'])
     return {k: v for k, v in out.items() if not metrics_lib.is_timing(k)}
 
-  def train(self, state: Any, step: int, stop: _Stop) -> RunResult:
-    s, pending, last = self.schedule, [], {}
+  def train(self, state: Any, step: int, stop: _Stop, last: dict[str, float]) -> RunResult:
+    """Steps from `step` to the end; `last` is what was logged last before `step`."""
+    s, pending = self.schedule, []
     while step < s.total_steps and stop.signum is None:
       batch = self.next_batch()
       if batch is None:
@@ -303,7 +304,7 @@ def run(step_fn: StepFn, *, init_state: Callable[[], Any], abstract_state: Any,
     loop = _Loop(step_fn, iterators, ckpt, writer, progress, schedule, base_rng, batch_shardings,
                  loss_key, eval_fn, tokens_fn, _Perf(flops_per_token))
     with _stop_on_signals() as stop:
-      return loop.train(state, step, stop)
+      return loop.train(state, step, stop, writer.last_metrics)
   finally:
     ckpt.close()  # waits for the last asynchronous save
     for sink in (writer, progress):

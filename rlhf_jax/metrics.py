@@ -66,13 +66,27 @@ def _is_writer() -> bool:
 
 
 class JsonlLog:
-  """Appends `{"step": n, ...}` lines to one file, after dropping lines past `resume_step`."""
+  """Appends `{"step": n, ...}` lines to one file, after dropping lines past `resume_step`.
+
+  Attributes:
+    last: the last kept line without its step (the metrics logged last before the resume), {}
+      for a fresh log.
+  """
 
   def __init__(self, path: str, resume_step: int):
     self.path = path
+    self.last = {}
     if os.path.exists(path):
       with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
+        # A process killed while writing leaves its last line without the newline (and
+        # possibly cut inside the JSON): that step is not covered by any checkpoint, so it
+        # is dropped with the lines past the resumed step.
+        complete = f.read().split('\n')[:-1]
+      kept = []
+      for line in complete:
+        if line.strip() and (entry := json.loads(line))['step'] <= resume_step:
+          kept.append(line + '\n')
+          self.last = {k: v for k, v in entry.items() if k != 'step'}
       # Rewritten through a temporary file so a crash here cannot leave a half-written log.
       with open(path + '.tmp', 'w') as f:
         f.writelines(kept)
@@ -112,6 +126,12 @@ class Writer:
     self._tb = tensorboardX.SummaryWriter(os.path.join(stage_dir, TENSORBOARD_DIR),
                                           purge_step=resume_step + 1, flush_secs=30)
     self._wandb = _start_wandb(stage_dir, wandb_project, config) if wandb_project else None
+
+  @property
+  def last_metrics(self) -> dict[str, float]:
+    """The deterministic metrics logged last at or before the resumed step ({} on process > 0):
+    what a run resumed at its final step reports, since it logs nothing itself."""
+    return dict(self._metrics.last) if self._active else {}
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Logs the scalar metrics of one step (device arrays are fetched here)."""
