@@ -129,6 +129,7 @@ def test_bad_requests_are_4xx_and_change_nothing(running):
       ('unknown route', 'POST', '/api/delete', {'body': {'labeler': 'ada'}}, 404),
       ('unknown page', 'GET', '/etc/passwd', {}, 404),
       ('method', 'PUT', '/api/label', {'body': good}, 405),
+      ('method OPTIONS', 'OPTIONS', '/api/label', {}, 405),
       ('URL too long', 'GET', '/api/next?labeler=' + 'a' * 3000, {}, 414),
   ]
   for why, method, path, kwargs, expected in requests:

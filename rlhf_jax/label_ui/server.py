@@ -7,8 +7,9 @@ Security rules, enforced here for every request:
   - Bodies are JSON objects of at most MAX_BODY bytes with a Content-Length; URLs at most
     MAX_URL characters.
   - With a token, every /api/ request must carry `Authorization: Bearer TOKEN` (the page reads
-    the token from the URL fragment, which browsers never send to the server). A server bound
-    to anything but a loopback address refuses to start without one.
+    the token from the URL fragment, which browsers never send to the server). The page assets
+    hold no data and load without it. A server bound to anything but a loopback address refuses
+    to start without a token.
   - Every refused request is a 4xx with {"error": "..."} and changes nothing.
 """
 import hmac
@@ -194,7 +195,7 @@ def make_handler(app, token: str | None) -> type[http.server.BaseHTTPRequestHand
     def _refuse(self):
       self._json(405, {'error': f'method {self.command} not allowed'})
 
-    do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+    do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse  # noqa: N815
 
   return Handler
 

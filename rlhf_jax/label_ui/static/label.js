@@ -159,7 +159,9 @@ function render() {
 function renderProgress() {
   const p = page.view.progress;
   const mine = p.labelers[page.labeler] || 0;
-  $('progress').textContent = p.done + ' / ' + p.total + ' labels done (you: ' + mine + ')';
+  const everyone = Object.entries(p.labelers).map(([who, n]) => who + ' ' + n).join(', ');
+  $('progress').textContent = p.done + ' / ' + p.total + ' labels done (you: ' + mine +
+    (everyone ? '; ' + everyone : '') + ')';
   const a = p.agreement;
   $('agreement').textContent = a.agreement === null ? 'agreement: no overlap labelled yet'
     : 'agreement: ' + Math.round(100 * a.agreement) + '% of ' + a.pairs + ' comparisons on ' +
@@ -287,6 +289,13 @@ document.addEventListener('DOMContentLoaded', () => {
   $('back').addEventListener('click', () => { page.step = 'rate'; render(); });
   $('skip').addEventListener('click', skip);
   $('undo').addEventListener('click', undo);
+  $('switch').addEventListener('click', () => {
+    localStorage.removeItem('rlhf_jax_labeler');
+    page.labeler = null;
+    page.view = null;
+    show('login');
+    $('name').focus();
+  });
   const saved = localStorage.getItem('rlhf_jax_labeler');
   if (saved) { start(saved); return; }
   show('login');
