@@ -52,8 +52,7 @@ def get_config(arg=None):
   if not paper:
     # Mini-world demonstrations are at most 33 tokens with EOS: 48 leaves room to stop.
     c.data.response_len = MINI['response_len']
-  rm_geometry = '6b' if paper else geometry
-  c.reward_model = config_lib.model_config_dict(rm_geometry)
+  c.reward_model = config_lib.model_config_dict(config_lib.reward_geometry(geometry))
   if paper:
     c.topology, mesh, remat = SCALE[geometry]
     c.mesh.update(mesh)
@@ -90,6 +89,18 @@ def get_config(arg=None):
   c.ema_decay = PAPER_EMA_DECAY if paper else ema_decay(c.episodes // c.batch_size)
   c.init_from = 'sft_init'
   c.reward_from = 'rm'
+  # Validation and selection (App. E.9: the paper kept the PPO checkpoints of highest validation
+  # Likert). Every eval_every iterations the EMA policy answers `valid_prompts` PPO validation
+  # prompts and the world's training labelers judge it against `baseline_from`'s answers; the
+  # iteration with the best `select_by` (iteration 0, sft_init itself, included) is what the
+  # eval stage evaluates. Before training, best-of-`best_of_n` SFT samples picked by the RM are
+  # judged the same way: if they cannot beat SFT, no PPO setting will. The paper geometries
+  # and real-data recipes have no simulated labelers: 0 keeps the last iteration.
+  c.valid_prompts = 0 if paper else 256
+  c.eval_every = 8
+  c.select_by = 'valid/likert'
+  c.baseline_from = 'sft'
+  c.best_of_n = 0 if paper else 16
   # Every iteration already waits for its phases (time/*), so logging each one costs nothing.
   c.log_every = 1
   c.checkpoint_every = 10

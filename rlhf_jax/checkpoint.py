@@ -221,9 +221,13 @@ def write_summary(stage_dir: str, summary: Mapping[str, Any]) -> None:
   """Marks the stage complete (process 0 writes; atomic, so a crash never leaves half a file)."""
   if jax.process_index() != 0:
     return
-  path = os.path.join(stage_dir, SUMMARY_FILE)
+  write_json(os.path.join(stage_dir, SUMMARY_FILE), dict(summary))
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes `value` as JSON atomically: a reader sees the old file or the whole new one."""
   with open(path + '.tmp', 'w') as f:
-    json.dump(dict(summary), f, indent=2, sort_keys=True)
+    json.dump(value, f, indent=2, sort_keys=True)
   os.replace(path + '.tmp', path)
 
 

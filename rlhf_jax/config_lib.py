@@ -48,6 +48,9 @@ GEOMETRIES: dict[str, ModelConfig] = {
     # CPU presets (the same sizes the performance workload of experiments/bench names).
     'tiny': _gpt3(4, 128, 4, vocab_size=512, real_vocab_size=None, d_ff=512, max_len=256),
     'small': _gpt3(6, 384, 6, vocab_size=4096, real_vocab_size=None, d_ff=1536, max_len=512),
+    # The mini world's reward model: tiny's vocabulary (it scores tiny's tokens) with 3.8x its
+    # parameters (3.4M), as the paper's 6B RM is 4.6x its 1.3B policy (configs/rm.py says why).
+    'tiny-rm': _gpt3(4, 256, 8, vocab_size=512, real_vocab_size=None, d_ff=1024, max_len=256),
     # GPT-3 Table 2.1. Where the printed table is inconsistent we keep d_head = 128 and
     # d_model as printed for XL (16 heads, since 24 x 128 != 2048) and take d_model = 5120 for
     # 13B (5140 is not divisible by 40 heads; 40 x 128 = 5120).
@@ -143,6 +146,17 @@ def validate_model(m: ModelConfig) -> None:
 PAPER_GEOMETRIES = ('1.3b', '6b', '175b')
 
 
+def reward_geometry(geometry: str) -> str:
+  """The reward model's geometry in a pipeline whose policy is `geometry`.
+
+  The paper trains one 6B RM for every policy size (§3.5): 4.6x the 1.3B policy. The mini world
+  gives its tiny policy a 3.8x RM ('tiny-rm'); other presets use the policy's geometry.
+  """
+  if geometry in PAPER_GEOMETRIES:
+    return '6b'
+  return {'tiny': 'tiny-rm'}.get(geometry, geometry)
+
+
 def optimizer_config(lr: float, schedule: str = 'cosine', final_lr_frac: float = 0.1,
                      warmup_steps: int = 0) -> ml_collections.ConfigDict:
   """Adam with the paper's betas (App. C preamble: beta1 0.9, beta2 0.95).
@@ -156,7 +170,7 @@ def optimizer_config(lr: float, schedule: str = 'cosine', final_lr_frac: float =
       warmup_start_frac=0.0))
 
 
-CPU_PRESETS = ('tiny', 'small', 'llama-tiny', 'llama-small')
+CPU_PRESETS = ('tiny', 'tiny-rm', 'small', 'llama-tiny', 'llama-small')
 # InstructGPT-mini prompts are at most ~64 tokens and demonstrations ~40 (see data/card.json),
 # so the CPU presets train on 128-token sequences instead of their full context.
 MINI_SEQ_LEN = 128
@@ -200,7 +214,7 @@ def sibling_config(config_file: str, name: str) -> types.ModuleType:
   return module
 
 
-LM_STAGES = ('pretrain', 'sft', 'sft_init', 'sample')
+LM_STAGES = ('pretrain', 'pretrain_rm', 'sft', 'sft_rm', 'sft_init', 'sample')
 PPO_STAGES = ('ppo', 'ppo_ptx')
 
 

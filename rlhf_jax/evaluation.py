@@ -162,6 +162,11 @@ def render_markdown(report: Mapping) -> str:
               'Hallucination is over closed-domain prompts only.')
   header = ('| policy | win rate vs sft | 95% CI | Likert | fails instr. | hallucination | '
             'inappropriate | constraint ok | pretrain loss |')
+  chosen = [f'`{name}` at iteration {p["iteration"]} ({p["selected_by"]})'
+             for name, p in policies.items() if 'iteration' in p]
+  if chosen:
+    settings += (' RL policies are evaluated at the iteration chosen on validation prompts: '
+                 + ', '.join(chosen) + '.')
   lines = ['# InstructGPT-mini evaluation', '', settings, '', header, '|' + '---|' * 9]
   for name, p in policies.items():
     lo, hi = p['win_rate_ci']

@@ -1,7 +1,8 @@
-"""One tiny workdir shared by the stage tests: world -> pretrain -> sft -> sample -> label.
+"""One tiny workdir shared by the stage tests: world -> pretrain -> sft -> pretrain_rm -> sft_rm
+-> sample -> label.
 
 Built once per test session (pytest-xdist workers wait on a file lock for the first to build it),
-at world scale 0.01 with 3-step LM stages and 16 sampled training prompts. Sample and label run
+at world scale 0.01 with 3-step LM stages and 16 sampled training and validation prompts. Sample and label run
 through the CLI in subprocesses, as a user runs them; their logs are kept as cli_<stage>.log.
 
 Tests never modify it: `copy_workdir(tiny_workdir, dest, stages)` gives a private copy of some
@@ -49,7 +50,11 @@ def _build(workdir: pathlib.Path) -> None:
     shutil.rmtree(workdir)  # a build that failed half-way
   stages.run(stage_config('pretrain', workdir, total_steps=3, log_every=1, eval_every=0))
   stages.run(stage_config('sft', workdir, total_steps=3, log_every=1, eval_every=0))
-  for stage, extra in (('sample', [f'--config.max_prompts={SAMPLED_PROMPTS}']), ('label', [])):
+  for stage in ('pretrain_rm', 'sft_rm'):  # the reward model's own base and SFT models
+    stages.run(stage_config(stage, workdir, total_steps=3, log_every=1, eval_every=0))
+  sample_args = [f'--config.max_prompts={SAMPLED_PROMPTS}',
+                 f'--config.max_valid_prompts={SAMPLED_PROMPTS}']
+  for stage, extra in (('sample', sample_args), ('label', [])):
     result = run_cli(*cli_args(stage, workdir, *extra))
     (workdir / f'cli_{stage}.log').write_text(
         f'returncode {result.returncode}\n{result.stdout}\n{result.stderr}')

@@ -54,5 +54,5 @@ def test_prompt_longer_than_context_is_rejected():
 def test_bad_model_is_rejected_with_role():
   config = config_lib.load_config('configs/ppo.py:tiny')
   config.reward_model.n_kv_heads = 3
-  with pytest.raises(config_lib.ConfigError, match='reward model: n_heads=4 not divisible'):
+  with pytest.raises(config_lib.ConfigError, match='reward model: n_heads=8 not divisible'):
     config_lib.validate(config)

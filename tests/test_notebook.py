@@ -18,7 +18,8 @@ def test_notebook_runs(tiny_workdir, tmp_path):  # noqa: F811
   nb = nbformat.read(NOTEBOOK, as_version=4)
   [params] = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]
   params.source = (f'WORKDIR = {str(workdir)!r}\nWORLD_SCALE = {WORLD_SCALE}\n'
-                   "STEPS = {'pretrain': 2, 'sft': 2, 'rm': 2, 'sft_init': 2, 'ppo_ptx': 2}\n"
+                   "STEPS = {'pretrain': 2, 'sft': 2, 'pretrain_rm': 2, 'sft_rm': 2, 'rm': 2, "
+                   "'sft_init': 2, 'ppo_ptx': 2}\n"
                    "EVAL = {'max_test_prompts': 8, 'public_eval_items': 4, "
                    "'pretrain_eval_batches': 1}")
   NotebookClient(nb, timeout=600, kernel_name='python3',

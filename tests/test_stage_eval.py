@@ -89,6 +89,7 @@ def test_eval_report(workdir):
   # The PPO stage's EMA params are SFT's: the same samples, hence all ties and the same tax.
   assert ppo_ema['win_rate_vs_sft'] == 0.5
   assert ppo_ema['pretrain_loss'] == sft['pretrain_loss']
+  assert ppo_ema['iteration'] == 1 and ppo_ema['selected_by'] == 'last iteration'
   copy = report['policies']['sft_copy']
   assert copy['win_rate_vs_sft'] == 0.5 and copy['pretrain_loss'] == sft['pretrain_loss']
   gpt, prompted = report['policies']['gpt'], report['policies']['gpt_prompted']

@@ -22,8 +22,10 @@ import numpy as np
 import pytest
 from stage_fixtures import WORLD_SCALE, copy_workdir
 
-from rlhf_jax import checkpoint, config_lib, stages, state
-from rlhf_jax.stages import common
+from rlhf_jax import checkpoint, config_lib, ppo, stages, state
+from rlhf_jax.stages import common, validation
+from rlhf_jax.stages import eval as eval_stage
+from rlhf_jax.stages import ppo as ppo_stage
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOTAL = 4  # iterations of the reference run
@@ -39,6 +41,8 @@ def get_config(arg=None):
   c.batch_size, c.minibatch_size, c.ptx_per_episode = 16, 8, 1
   c.total_steps, c.log_every, c.checkpoint_every = {TOTAL}, 1, 0
   c.then = ()
+  c.valid_prompts = {{valid_prompts}}
+  c.eval_every, c.best_of_n = 2, 2
   return c
 """
 
@@ -57,19 +61,22 @@ def _save_stage(stage_dir: pathlib.Path, role: str, model_dict, head: str, param
 def configs(tmp_path_factory) -> pathlib.Path:
   folder = tmp_path_factory.mktemp('ppo_configs')
   for stage in ('ppo', 'ppo_ptx'):
-    (folder / f'{stage}.py').write_text(SMALL.replace('{stage}', stage))
+    (folder / f'{stage}.py').write_text(
+        SMALL.replace('{stage}', stage).replace('{valid_prompts}', '0'))
   return folder
 
 
 @pytest.fixture(scope='module')
 def inputs(tiny_workdir, tmp_path_factory, configs) -> pathlib.Path:
-  """A workdir with data, sft_init (= pretrain) and rm (pretrain trunk + fresh head), no PPO."""
-  workdir = copy_workdir(tiny_workdir, tmp_path_factory.mktemp('ppo_inputs'), ['data', 'pretrain'])
+  """A workdir with data, sft and sft_init (= pretrain) and rm (the RM's own pretrained trunk +
+  fresh head), no PPO."""
+  workdir = copy_workdir(tiny_workdir, tmp_path_factory.mktemp('ppo_inputs'),
+                         ['data', 'pretrain', 'pretrain_rm', 'sft'])
   shutil.copytree(workdir / 'pretrain', workdir / 'sft_init')
   config = config_lib.load_config(f'{configs}/ppo.py')
   model = config_lib.to_model_config(config.reward_model)
   mesh = common.mesh(config)
-  lm = common.load_init_params('pretrain', str(workdir), model, 'lm', mesh)
+  lm = common.load_init_params('pretrain_rm', str(workdir), model, 'lm', mesh)
   fresh = nn.unbox(state.init_params(model, 'scalar', jax.random.key(1)))
   _save_stage(workdir / 'rm', 'reward', config.reward_model, 'scalar',
               state.init_scalar_from_lm(lm, fresh), reward_bias=0.5)
@@ -142,3 +149,39 @@ def test_kill_and_resume_gives_identical_metrics(reference, inputs, configs, tmp
   assert resumed.returncode == 0, output
   assert 'resuming from step' in output
   assert metrics.read_text() == (reference / 'ppo_ptx' / 'metrics.jsonl').read_text()
+
+
+def test_validation_selects_an_iteration_and_eval_loads_it(inputs, tmp_path):
+  """With validation on, the EMA policy is judged at iterations 0, 2 and 4 against SFT; the
+  iteration of highest validation Likert is kept, and the eval stage loads exactly it: its
+  parameters, judged again on the same prompts, key and judges, give the selected value."""
+  folder = tmp_path / 'configs'
+  folder.mkdir()
+  (folder / 'ppo_ptx.py').write_text(
+      SMALL.replace('{stage}', 'ppo_ptx').replace('{valid_prompts}', '16'))
+  config = config_lib.load_config(f'{folder}/ppo_ptx.py')
+  config.workdir = str(copy_workdir(inputs, tmp_path / 'wd'))
+  summary = stages.run(config, folder)
+
+  curve = summary['selection_curve']
+  assert [p['iteration'] for p in curve] == [0, 2, 4]
+  likerts = [p['valid/likert'] for p in curve]
+  assert summary['checkpoint_step'] == curve[int(np.argmax(likerts))]['iteration']
+  assert summary['selected_value'] == max(likerts)
+  assert sorted(summary['best_of_n']) == ['1', '2']
+  assert summary['best_of_n']['2']['kl'] == pytest.approx(np.log(2) - 0.5)
+
+  eval_config = config_lib.load_config(f'{REPO}/configs/eval.py')
+  eval_config.workdir, eval_config.data.world_scale = config.workdir, WORLD_SCALE
+  mesh = common.mesh(config)
+  model, params = eval_stage.load_policy(eval_config, 'ppo_ptx', mesh)
+  tok = common.tokenizer(config, model)
+  settings = ppo.settings_from_config(config, eos_id=tok.eos_id, pad_id=tok.pad_id)
+  reference, reward, bias = ppo_stage._load_inputs(config, settings, mesh)
+  frozen = ppo.Frozen(reference, reward, jax.numpy.asarray(bias))
+  rollout = validation.Rollout(config, tok, model, settings.reward_model, frozen, mesh)
+  vset = validation.validation_set(config, tok)
+  key = jax.random.key(config.seed)
+  sft = common.load_init_params('sft', config.workdir, model, 'lm', mesh)
+  again = validation.judge(vset, rollout(params, vset, key), rollout(sft, vset, key).texts)
+  assert again['valid/likert'] == summary['selected_value']

@@ -65,7 +65,7 @@ def _assert_resume_equals_uninterrupted(tiny_workdir, tmp_path, stage, copied, a
 
 def test_rm_cli_kill_and_resume_bias_and_summary(tiny_workdir, tmp_path):
   reference = _assert_resume_equals_uninterrupted(
-      tiny_workdir, tmp_path, 'rm', ('data', 'pretrain', 'sft', 'samples', 'labels'), RM_ARGS, 1)
+      tiny_workdir, tmp_path, 'rm', ('data', 'sft_rm', 'samples', 'labels'), RM_ARGS, 1)
   summary = stages.summary(str(reference), 'rm')
   assert summary['steps'] == 3
   for key in ('rm/valid_train_accuracy', 'rm/valid_heldout_accuracy', 'rm/valid_train_loss',
@@ -99,21 +99,20 @@ def test_sft_cli_kill_and_resume(tiny_workdir, tmp_path):
                                       SFT_ARGS, 2)
 
 
-def test_rm_starts_from_the_sft_trunk(tiny_workdir):
+def test_rm_starts_from_its_own_sft_trunk(tiny_workdir):
   config = stage_config('rm', tiny_workdir)
   model_cfg = config_lib.to_model_config(config.model)
   mesh = common.mesh(config)
   tx = optim.make_optimizer(config.optimizer, 10)
   _, shardings = state.abstract_train_state(model_cfg, 'scalar', tx, mesh)
   init = rm_stage._init_state_fn(config, model_cfg, tx, mesh, shardings)()
-  sft = common.load_init_params('sft', str(tiny_workdir), model_cfg, 'lm', mesh)
+  sft = common.load_init_params('sft_rm', str(tiny_workdir), model_cfg, 'lm', mesh)
   jax.tree.map(np.testing.assert_array_equal, init.params['trunk'], sft['trunk'])
   assert 'scalar_head' in init.params
 
 
 def test_rankings_longer_than_k_max_are_refused_before_compiling(tiny_workdir, tmp_path):
-  workdir = copy_workdir(tiny_workdir, tmp_path / 'wd', ('data', 'sft', 'labels', 'pretrain',
-                                                         'samples'))
+  workdir = copy_workdir(tiny_workdir, tmp_path / 'wd', ('data', 'sft_rm', 'labels', 'samples'))
   with pytest.raises(config_lib.ConfigError, match='k_max=3'):
     stages.run(stage_config('rm', workdir, k_max=3))
 

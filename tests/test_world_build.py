@@ -18,6 +18,12 @@ def test_same_seed_same_world(world):
   assert other.prompts != world.prompts and other.pretrain != world.pretrain
 
 
+def test_every_split_has_a_validation_twin(world):
+  # Paper Table 6: SFT, RM and PPO each have a validation split (disjointness is tested below).
+  assert set(world.prompts) == {'sft', 'rm', 'ppo', 'test', 'sft_valid', 'rm_valid', 'ppo_valid'}
+  assert all(world.prompts[f'{s}_valid'] for s in ('sft', 'rm', 'ppo'))
+
+
 def test_splits_are_customer_disjoint(world):
   customers = {s: {r['customer'] for r in rs} - {prompts.LABELER}
                for s, rs in world.prompts.items()}
@@ -38,8 +44,8 @@ def test_counts_follow_the_paper(world):
     assert abs(n - 0.05 * paper[split]) <= 2, (split, n)
   sft_labeler = sum(r['customer'] == prompts.LABELER for r in world.prompts['sft'])
   assert abs(sft_labeler / got['sft'] - 11_295 / 12_725) < 0.01
-  assert {s: len(d) for s, d in world.demonstrations.items()} == {'sft': got['sft'],
-                                                                 'rm': got['rm']}
+  assert {s: len(d) for s, d in world.demonstrations.items()} == {
+      'sft': got['sft'], 'rm': got['rm'], 'sft_valid': got['sft_valid']}
 
 
 def test_customer_prompts_follow_table1(world):

@@ -28,8 +28,10 @@ STAGE_FIELDS = {
     # Rollouts generated and scored, and the 8 x 64 pretraining rows of each update
     # differentiated, 64 rows at a time: whole, their KV cache and logits need 17 (generate),
     # 62 (score) and 16.2 (ppo_step) GB per v5e chip (aot); in chunks every phase fits.
+    # No simulated labelers to validate with: the last iteration is kept (valid_prompts 0).
     'ppo_ptx': dict(episodes=256_000, batch_size=512, minibatch_size=64, lr=1.02e-5,
-                    ema_decay=0.992, rollout_chunks=8, ptx_chunks=8),
+                    ema_decay=0.992, rollout_chunks=8, ptx_chunks=8, valid_prompts=0,
+                    best_of_n=0),
     'label': {},
 }
 # (sequence, prompt) tokens; GPT-2's context is 1024. HH dialogues are long with short replies;
@@ -45,6 +47,8 @@ def recipe(stage: str, arg: str | None, dataset: str):
     raise config_lib.ConfigError(f'recipe geometry {geometry!r}; use one of {sorted(CHECKPOINTS)}')
   c = config_lib.load_config(str(config_lib.CONFIG_DIR / f'{stage}.py'))
   c.model = config_lib.model_config_dict(geometry)
+  if 'pipeline_geometry' in c:  # the RM is the policy's model family and size here
+    c.pipeline_geometry = geometry
   fields = dict(STAGE_FIELDS[stage])
   if 'lr' in fields:
     c.optimizer.lr = fields.pop('lr')

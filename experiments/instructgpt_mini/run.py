@@ -1,16 +1,19 @@
-"""InstructGPT-mini: PPO vs PPO-ptx vs SFT vs the base models, and a base model ~8x larger.
+"""InstructGPT-mini: the main job for several seeds, with PPO, PPO-ptx, SFT and the base models.
 
-  python experiments/instructgpt_mini/run.py [--workdir runs/instructgpt_mini] [--seed 0]
+  python experiments/instructgpt_mini/run.py [--workdir runs/instructgpt_mini] [--seeds 0,1,2]
+                                             [--ppo] [--large_base]
 
-Runs, as a user would (`python -m rlhf_jax.main`, each stage skipped when already complete):
-  1. configs/ppo_ptx.py: world, pretrain, sft, sample, label, rm, sft_init, PPO-ptx (gamma 27.8);
-  2. configs/ppo.py: PPO (gamma 0) from the same sft_init and reward model;
-  3. configs/pretrain.py with a larger geometry (8 layers, d_model 256: 6.5M parameters against
-     the tiny preset's 0.89M) in <workdir>_8x, on the same world and the same token budget;
-  4. configs/eval.py: every policy judged by the held-out labelers against SFT, the 8x base
-     model included as `gpt_8x`.
-Then prints the report as markdown tables (README.md keeps the measured ones) and writes
-`<workdir>/eval/ppo_curves.png` (RM score and KL per iteration of PPO and PPO-ptx).
+For each seed, in <workdir>_seed<seed>, runs as a user would (`python -m rlhf_jax.main`, each
+stage skipped when already complete; the seed reaches every stage, the world included):
+  1. configs/ppo_ptx.py: world, pretrain, sft, sample, label, pretrain_rm, sft_rm, rm, sft_init,
+     PPO-ptx (validation picks the iteration), eval;
+  2. with --ppo, configs/ppo.py: PPO (gamma 0) from the same sft_init and reward model;
+  3. with --large_base, configs/pretrain.py with a larger geometry (8 layers, d_model 256) in
+     <workdir>_seed<seed>_8x, on the same world and token budget, evaluated as `gpt_8x`;
+  4. configs/eval.py again when 2 or 3 added a policy.
+Then prints, per seed, the report's table, the reward model's accuracy by labeler pool and
+prompt split, the best-of-n check and PPO-ptx's selection curve (README.md keeps the measured
+ones), and writes <workdir>_seed<seed>/eval/ppo_curves.png.
 """
 import argparse
 import json
@@ -26,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 # The 8x base model: twice the layers and twice the width of `tiny` (4 layers, d_model 128).
 LARGE = {'n_layers': 8, 'd_model': 256, 'n_heads': 8, 'd_ff': 1024}
 POLICIES = ('gpt', 'gpt_8x', 'gpt_prompted', 'sft', 'ppo', 'ppo_ptx')
+RM_SETS = ('valid_train', 'valid_heldout', 'test_train', 'test_heldout')
 
 
 def main_job(config: str, workdir: pathlib.Path, seed: int, *overrides: str) -> None:
@@ -35,23 +39,33 @@ def main_job(config: str, workdir: pathlib.Path, seed: int, *overrides: str) -> 
   subprocess.run(command, check=True)
 
 
+def summary(workdir: pathlib.Path, stage: str) -> dict:
+  return json.loads((workdir / stage / 'summary.json').read_text())
+
+
 def ppo_curves(workdir: pathlib.Path, out: pathlib.Path) -> None:
-  """RM score and KL to sft_init per iteration, PPO against PPO-ptx."""
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+  """Training RM score and KL per iteration, and validation Likert at each validation."""
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
   for stage in ('ppo', 'ppo_ptx'):
+    if not (workdir / stage / 'summary.json').exists():
+      continue
     lines = (workdir / stage / 'metrics.jsonl').read_text().splitlines()
     rows = [json.loads(line) for line in lines if line]
-    steps = [r['step'] for r in rows]
     for ax, name in zip(axes, ('objective/scores', 'objective/kl')):
-      ax.plot(steps, [r[name] for r in rows], label=stage)
+      ax.plot([r['step'] for r in rows], [r[name] for r in rows], label=stage)
       ax.set_title(name)
-      ax.set_xlabel('iteration')
+    curve = summary(workdir, stage).get('selection_curve', [])
+    axes[2].plot([p['iteration'] for p in curve], [p['valid/likert'] for p in curve], 'o-',
+                 label=stage)
+    axes[2].set_title('validation Likert (training labelers)')
+  for ax in axes:
+    ax.set_xlabel('iteration')
   axes[0].legend()
   fig.tight_layout()
   fig.savefig(out, dpi=120)
 
 
-def tables(report: dict) -> str:
+def headline(report: dict) -> str:
   policies = [p for p in POLICIES if p in report['policies']]
   rows = ['| policy | win rate vs SFT [95% CI] | Likert | fails instruction | hallucination '
           '| inappropriate | constraint satisfied | pretrain loss |', '|---' * 8 + '|']
@@ -71,23 +85,59 @@ def tables(report: dict) -> str:
   return '\n'.join(rows)
 
 
+def rm_accuracy(rm: dict) -> str:
+  """The RM's pairwise accuracy on each labeler pool's rankings (validation and test prompts)."""
+  cells = ' | '.join(f'{rm.get(f"rm/{name}_accuracy", float("nan")):.3f}' for name in RM_SETS)
+  return ('| ' + ' | '.join(RM_SETS) + ' |\n' + '|---' * len(RM_SETS) + '|\n| ' + cells + ' |')
+
+
+def best_of_n(ppo: dict) -> str:
+  rows = ['| n | KL | win rate vs SFT | Likert | RM score |', '|---|---|---|---|---|']
+  for n, r in ppo.get('best_of_n', {}).items():
+    rows.append(f'| {n} | {r["kl"]:.2f} | {r["win_rate_vs_sft"]:.3f} | {r["likert"]:.2f} | '
+                f'{r["rm_score"]:.3f} |')
+  return '\n'.join(rows)
+
+
+def selection(ppo: dict) -> str:
+  rows = ['| iteration | Likert | win rate vs SFT | RM score | KL | pretrain NLL |',
+          '|---|---|---|---|---|---|']
+  for p in ppo.get('selection_curve', []):
+    mark = ' (selected)' if p['iteration'] == ppo['checkpoint_step'] else ''
+    rows.append(f'| {p["iteration"]}{mark} | {p["valid/likert"]:.3f} | '
+                f'{p["valid/win_rate_vs_sft"]:.3f} | {p["valid/rm_score"]:.3f} | '
+                f'{p["valid/kl"]:.2f} | {p["valid/pretrain_loss"]:.4f} |')
+  return '\n'.join(rows)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', default='runs/instructgpt_mini')
-  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--ppo', action='store_true', help='also PPO without the ptx term')
+  parser.add_argument('--large_base', action='store_true', help='also an 8x base model')
   args = parser.parse_args()
-  workdir = pathlib.Path(args.workdir)
-  large = workdir.with_name(workdir.name + '_8x')
-  main_job('configs/ppo_ptx.py', workdir, args.seed, '--config.then=()')
-  main_job('configs/ppo.py', workdir, args.seed)
-  main_job('configs/pretrain.py', large, args.seed,
-           *(f'--config.model.{field}={value}' for field, value in LARGE.items()))
-  main_job('configs/eval.py', workdir, args.seed,
-           f'--config.extra_policies=gpt_8x={large / "pretrain"}', '--force')
-  ppo_curves(workdir, workdir / 'eval' / 'ppo_curves.png')
-  report = json.loads((workdir / 'eval' / 'report.json').read_text())
-  print(tables(report))
-  print(f'\ncurves: {workdir / "eval" / "ppo_curves.png"}')
+  base = pathlib.Path(args.workdir)
+  for seed in (int(s) for s in args.seeds.split(',')):
+    workdir = base.with_name(f'{base.name}_seed{seed}')
+    main_job('configs/ppo_ptx.py', workdir, seed)
+    extra = []
+    if args.ppo:
+      main_job('configs/ppo.py', workdir, seed)
+    if args.large_base:
+      large = workdir.with_name(workdir.name + '_8x')
+      main_job('configs/pretrain.py', large, seed,
+               *(f'--config.model.{field}={value}' for field, value in LARGE.items()))
+      extra.append(f'--config.extra_policies=gpt_8x={large / "pretrain"}')
+    if args.ppo or args.large_base:
+      main_job('configs/eval.py', workdir, seed, *extra, '--force')
+    ppo_curves(workdir, workdir / 'eval' / 'ppo_curves.png')
+    report = json.loads((workdir / 'eval' / 'report.json').read_text())
+    ppo = summary(workdir, 'ppo_ptx')
+    print(f'\n## Seed {seed}\n\n{headline(report)}\n\nReward model accuracy:\n\n'
+          f'{rm_accuracy(summary(workdir, "rm"))}\n\nBest-of-n of SFT (validation):\n\n'
+          f'{best_of_n(ppo)}\n\nPPO-ptx selection curve (validation, EMA policy):\n\n'
+          f'{selection(ppo)}\n\ncurves: {workdir / "eval" / "ppo_curves.png"}', flush=True)
 
 
 if __name__ == '__main__':

@@ -27,7 +27,11 @@ NEEDS: dict[str, tuple[str, ...]] = {
     'sft_init': ('pretrain',),
     'sample': ('pretrain', 'sft'),
     'label': ('sample',),
-    'rm': ('label', 'sft'),
+    # The reward model's own base and SFT models, at its (larger) geometry (paper §3.5).
+    'pretrain_rm': ('world',),
+    'sft_rm': ('pretrain_rm',),
+    'rm': ('label', 'sft_rm'),
+    # With validation on, also `baseline_from` (sft), the baseline it judges against.
     'ppo': ('sft_init', 'rm'),
     'ppo_ptx': ('sft_init', 'rm'),
     # Also evaluates gpt, gpt_prompted, ppo and ppo_ptx when complete; SFT is the baseline.
@@ -37,7 +41,9 @@ NEEDS: dict[str, tuple[str, ...]] = {
 RUNNERS = {
     'world': 'world:run',
     'pretrain': 'lm:run_lm',
+    'pretrain_rm': 'lm:run_lm',
     'sft': 'lm:run_lm',
+    'sft_rm': 'lm:run_lm',
     'sft_init': 'lm:run_lm',
     'sample': 'sample:run',
     'label': 'label:run',
@@ -48,6 +54,9 @@ RUNNERS = {
 }
 
 
+# stage -> the stage its `init_from` names by default (a Hugging Face folder or another stage
+# given instead replaces that dependency).
+INIT_STAGES = {'sft': 'pretrain', 'sft_init': 'pretrain', 'sft_rm': 'pretrain_rm', 'rm': 'sft_rm'}
 # Stages whose folder is named for what it holds rather than for the stage.
 FOLDERS = {'world': 'data', 'sample': 'samples', 'label': 'labels'}
 # Data fields a dependency inherits from the stage that asked for it (user data, world size).
@@ -70,7 +79,9 @@ def dependency_config(config: ml_collections.ConfigDict, stage: str,
 
   Its own `then` is dropped: only the stage a user asked for continues to follow-up stages.
   """
-  dep = config_lib.load_config(f'{config_dir / (stage + ".py")}:{config.model.geometry}')
+  # The pipeline's geometry is the policy's; a stage of another model (the RM's) records it.
+  geometry = config.get('pipeline_geometry') or config.model.geometry
+  dep = config_lib.load_config(f'{config_dir / (stage + ".py")}:{geometry}')
   dep.workdir, dep.seed = config.workdir, config.seed
   if 'then' in dep:
     dep.then = ()
@@ -82,18 +93,25 @@ def dependency_config(config: ml_collections.ConfigDict, stage: str,
 
 
 def needs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The stages `config.stage` reads, less those whose output the config supplies itself: a
-  Hugging Face init replaces 'pretrain', a user tokenizer (with user data) replaces the mini
+  """The stages `config.stage` reads, less those whose output the config supplies itself: an
+  `init_from` other than the default (a Hugging Face folder, a checkpoint folder or another
+  stage) replaces the default init stage, a user tokenizer (with user data) replaces the mini
   'world', and imported human rankings replace 'sample'."""
-  supplied = set()
-  if str(config.get('init_from', '')).startswith('hf:'):
-    supplied.add('pretrain')
+  supplied, instead = set(), ()
+  init_from = str(config.get('init_from', ''))
+  default_init = INIT_STAGES.get(config.stage)
+  if default_init and init_from != default_init:
+    supplied.add(default_init)
+    if init_from in NEEDS and init_from not in NEEDS[config.stage]:
+      instead = (init_from,)  # another stage's model (a recipe's RM starts from 'sft')
   data = config.get('data') or {}
   if data.get('tokenizer'):
     supplied.add('world')
   if data.get('rankings'):
     supplied.add('sample')
-  return tuple(n for n in NEEDS[config.stage] if n not in supplied)
+  if config.get('valid_prompts') and config.baseline_from in NEEDS:
+    instead += (config.baseline_from,)
+  return tuple(n for n in NEEDS[config.stage] if n not in supplied) + instead
 
 
 def run(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path = 'configs',

@@ -22,6 +22,7 @@ def data_paths(config: ml_collections.ConfigDict) -> dict[str, pathlib.Path]:
   overrides = {'tokenizer': 'tokenizer', 'pretrain': 'pretrain', 'pretrain_valid': 'pretrain_valid',
                'sft_train': 'demonstrations', 'sft_valid': 'demonstrations_valid',
                'rm_demonstrations': 'demonstrations', 'prompts_ppo': 'prompts',
+               'prompts_ppo_valid': 'prompts_valid',
                'prompts_sft_valid': 'prompts_valid', 'prompts_rm_valid': 'prompts_valid',
                'prompts_test': 'prompts_valid'}
   for role, field in overrides.items():

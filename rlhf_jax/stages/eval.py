@@ -87,7 +87,11 @@ def load_policy(config: ml_collections.ConfigDict, stage: str, mesh) -> tuple[Mo
     raise config_lib.ConfigError(
         f'few_shot_prompt_len {config.few_shot_prompt_len} + data.response_len '
         f'{config.data.response_len} exceeds {stage} model.max_len={model.max_len}')
-  field = PPO_PARAMS[config.ppo_params] if stage in config_lib.PPO_STAGES else 'params'
+  field = 'params'
+  if stage in config_lib.PPO_STAGES:
+    # A run with validation keeps its selected iteration's EMA and raw policy under 'params'.
+    selected = 'params_from' in checkpoint.read_summary(stage_dir)
+    field = ('params.' if selected else '') + PPO_PARAMS[config.ppo_params]
   abstract, shardings = common.param_shardings(model, 'lm', mesh)
   params = checkpoint.load_params(stage_dir, abstract, shardings, field=field,
                                   fingerprint=checkpoint.fingerprint({'policy': (model, 'lm')}))
@@ -274,6 +278,10 @@ def _report(config, names, inputs, responses, tax) -> dict:
     judged = evaluation.judge_responses(inputs['judges'], prompts, responses[name],
                                         responses[evaluation.BASELINE])
     policies[name] = evaluation.policy_entry(judged, categories, *tax[stages[name]])
+    if stages[name] in config_lib.PPO_STAGES:  # which iteration was evaluated, and why
+      trained = checkpoint.read_summary(str(common.stage_path(config.workdir, stages[name])))
+      policies[name]['iteration'] = trained.get('checkpoint_step')
+      policies[name]['selected_by'] = trained.get('selected_by', 'last iteration')
   examples = [{'prompt': prompts[i], 'category': categories[i],
                'responses': {n: responses[n][i] for n in names}}
               for i in range(min(config.examples, len(prompts)))]

@@ -4,8 +4,9 @@ Simulated (default): each training prompt is ranked by ONE training labeler draw
 from the world's pool, as the paper's ~40 contractors each ranked their share of prompts. The
 validation prompts are ranked twice: by training labelers (how well the RM fits the people it
 learnt from) and by held-out labelers (how well it generalises to people it never saw; the paper
-reports 72.4% and 69.6% RM accuracy). The pools are the data card's: the same seed and size as
-`world.build.build_world` draws them with.
+reports 72.4% and 69.6% RM accuracy); so are the test prompts' samples, for the final accuracy
+only. The pools are the data card's: the same seed and size as `world.build.build_world` draws
+them with.
 
 Imported: with `config.data.rankings` set, human rankings are read from that JSONL (rankings
 format, validated whole before anything is written); its last `VALID_FRACTION` becomes the
@@ -25,17 +26,19 @@ import ml_collections
 from rlhf_jax.data import records
 from rlhf_jax.stages import common
 from rlhf_jax.stages import sample as sample_stage
-from rlhf_jax.stages import world as world_stage
 from rlhf_jax.world import build, labelers
 
-VALID_FRACTION = world_stage.VALID_FRACTION
+# Share of imported human rankings held out as the training labelers' validation set.
+VALID_FRACTION = 0.1
 
 
 def paths(labels_dir: pathlib.Path) -> dict[str, pathlib.Path]:
   """The stage's rankings files: training set, validation by training / held-out labelers."""
   return {'train': labels_dir / 'rankings_train.jsonl',
           'valid_train': labels_dir / 'rankings_valid_train.jsonl',
-          'valid_heldout': labels_dir / 'rankings_valid_heldout.jsonl'}
+          'valid_heldout': labels_dir / 'rankings_valid_heldout.jsonl',
+          'test_train': labels_dir / 'rankings_test_train.jsonl',
+          'test_heldout': labels_dir / 'rankings_test_heldout.jsonl'}
 
 
 def labeler_pools(seed: int, n_labelers: int) -> dict[str, list[labelers.Labeler]]:
@@ -72,9 +75,12 @@ def _simulated(config, workdir: str) -> tuple[dict[str, list[dict]], dict[str, i
   pools = labeler_pools(config.seed, card['labelers']['train'])
   sample_files = sample_stage.paths(stages.stage_dir(workdir, 'sample'))
   jobs = {'train': ('train', 'train'), 'valid_train': ('valid', 'train'),
-          'valid_heldout': ('valid', 'heldout')}
+          'valid_heldout': ('valid', 'heldout'), 'test_train': ('test', 'train'),
+          'test_heldout': ('test', 'heldout')}
   out, dropped = {}, {}
   for name, (split, pool) in jobs.items():
+    if not sample_files[split].exists():  # test prompts are sampled unless switched off
+      continue
     samples = records.read_records(sample_files[split], 'samples')
     # Each output gets its own labeler draw, reproducible from the seed.
     rng = random.Random(f'{config.seed}/label/{name}')

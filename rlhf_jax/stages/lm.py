@@ -1,5 +1,6 @@
 """Language-model stages: pretrain (world corpus), sft (C.1) and sft_init (C.3, with 10% pretraining
-rows in every batch). All three run `sft_step` through the host loop."""
+rows in every batch), and the reward model's own pretrain_rm and sft_rm (the same at the RM
+geometry). All run `sft_step` through the host loop."""
 import functools
 import itertools
 import pathlib
@@ -100,11 +101,12 @@ def _evaluation(config, tok, kind, valid_path, model, model_cfg, mesh, paths, st
 def run_lm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
   """Trains the policy LM of `config` with sft_step; returns the stage summary."""
   paths = common.data_paths(config)
-  kind, train_path, valid_path, mix_path = {
+  inputs = {
       'pretrain': ('text', paths['pretrain'], paths['pretrain_valid'], None),
       'sft': ('demonstrations', paths['sft_train'], paths['sft_valid'], None),
       'sft_init': ('demonstrations', paths['sft_train'], paths['sft_valid'], paths['pretrain']),
-  }[config.stage]
+  }
+  kind, train_path, valid_path, mix_path = inputs[config.stage.removesuffix('_rm')]
   mesh = common.mesh(config)
   model_cfg = config_lib.to_model_config(config.model)
   tok = common.tokenizer(config, model_cfg)
@@ -122,7 +124,7 @@ def run_lm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
       state_shardings=state_shardings, batch_shardings=rows)
 
   def init_state():
-    if config.stage == 'pretrain':
+    if config.stage.startswith('pretrain'):
       return state.create_sharded_train_state(model_cfg, 'lm', tx, mesh,
                                               jax.random.key(config.seed))[0]
     params = common.load_init_params(config.init_from, config.workdir, model_cfg, 'lm', mesh, tok)

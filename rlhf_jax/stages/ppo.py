@@ -13,6 +13,8 @@ a killed run resumes exactly. Evaluation reads the policy EMA by its field name 
 `checkpoint.load_params(<stage_dir>, abstract, shardings, field='ema_params')`.
 """
 import functools
+import itertools
+import json
 import pathlib
 
 import jax
@@ -21,7 +23,8 @@ from jax.sharding import NamedSharding
 
 from rlhf_jax import checkpoint, config_lib, experience, loop, ppo, sharding
 from rlhf_jax.data import pipeline
-from rlhf_jax.stages import common
+from rlhf_jax.stages import common, selection, validation
+from rlhf_jax.stages import eval as eval_stage
 
 PTX_FIELDS = ('tokens', 'mask', 'loss_mask')  # what ptx_loss reads of a TokenBatch
 
@@ -104,6 +107,86 @@ def _iteration(jitted, frozen: ppo.Frozen, with_ptx: bool) -> loop.StepFn:
   return iteration
 
 
+VALID_TEXT_BATCHES = 4  # batches of validation text for the pretraining-distribution loss
+CURVE_FILE = 'validation.jsonl'  # one line per validation: the selection curve
+BEST_OF_N_FILE = 'best_of_n.json'
+
+
+def _best_of_n(config, rollout, vset, sft_params, baseline, key, stage_dir) -> dict:
+  """The best-of-n check (computed once; a resumed run reads it back)."""
+  path = stage_dir / BEST_OF_N_FILE
+  if path.exists():
+    return json.loads(path.read_text())
+  samples = [rollout(sft_params, vset, jax.random.fold_in(key, 1 + j))
+             for j in range(config.best_of_n)]
+  result = validation.best_of_n(samples, vset, baseline)
+  if jax.process_index() == 0:
+    checkpoint.write_json(str(path), result)
+  print(f'[{config.stage}] best-of-n of SFT by the RM against SFT on {len(vset.prompts)} '
+        'validation prompts (training labelers): ' + ', '.join(
+            f'n={n} win {r["win_rate_vs_sft"]:.3f} Likert {r["likert"]:.2f}'
+            for n, r in result.items()), flush=True)
+  return result
+
+
+def _validation(config, tok, settings: ppo.PPOSettings, frozen: ppo.Frozen, policy_params,
+                mesh, stage_dir: pathlib.Path):
+  """(eval_fn for the loop, BestParams, best-of-n result) of a run with validation.
+
+  Every `eval_every` iterations (and at iteration 0, sft_init itself) the EMA policy answers the
+  validation prompts with one fixed key and is judged against SFT's answers; the iteration with
+  the best `select_by` is kept (its EMA and raw policy parameters) in <stage_dir>/selected.
+  """
+  stage_dir.mkdir(parents=True, exist_ok=True)
+  vset = validation.validation_set(config, tok)
+  rollout = validation.Rollout(config, tok, settings.policy_model, settings.reward_model, frozen,
+                               mesh)
+  key = jax.random.key(config.seed)
+  sft_params = common.load_init_params(config.baseline_from, config.workdir,
+                                       settings.policy_model, 'lm', mesh)
+  baseline = rollout(sft_params, vset, key).texts
+  best_of_n = (_best_of_n(config, rollout, vset, sft_params, baseline, key, stage_dir)
+               if config.best_of_n else {})
+  del sft_params
+  paths = common.data_paths(config)
+  text = list(itertools.islice(pipeline.make_dataset(
+      'text', paths['valid_text'], tok, batch_size=config.batch_size,
+      seq_len=config.data.seq_len, shuffle=False, num_epochs=1, shard_index=0, shard_count=1,
+      pack=True), VALID_TEXT_BATCHES))
+  rows = sharding.batch_sharding(mesh)
+  best = selection.BestParams(str(stage_dir), config.select_by, 'max',
+                              checkpoint.fingerprint(config_lib.model_roles(config)))
+
+  def evaluate(step: int, ema_params, policy_params) -> dict:
+    out = validation.judge(vset, rollout(ema_params, vset, key), baseline)
+    out['valid/pretrain_loss'] = eval_stage.pretrain_loss(ema_params, settings.policy_model,
+                                                          text, rows)
+    best.update(step, out[config.select_by],
+                {'ema_params': ema_params, 'policy': {'params': policy_params}})
+    if jax.process_index() == 0:
+      with open(stage_dir / CURVE_FILE, 'a') as f:
+        f.write(json.dumps({'iteration': step, **out}) + '\n')
+    print(f'[{config.stage}] validation at iteration {step}: ' + '  '.join(
+        f'{k.split("/", 1)[1]} {v:.3f}' for k, v in out.items()), flush=True)
+    return out
+
+  if best.best is None:  # a fresh run: iteration 0 (sft_init) is a candidate too
+    evaluate(0, policy_params, policy_params)
+  return (lambda s: evaluate(int(s.step), s.ema_params, s.policy.params)), best, best_of_n
+
+
+def selection_curve(stage_dir: pathlib.Path) -> list[dict]:
+  """The validation points of a run, one per iteration (a resumed run's repeat replaces it)."""
+  path = stage_dir / CURVE_FILE
+  if not path.exists():
+    return []
+  points = {}
+  for line in path.read_text().splitlines():
+    point = json.loads(line)
+    points[point['iteration']] = point
+  return [points[k] for k in sorted(points)]
+
+
 def _tokens_per_iteration(config: ml_collections.ConfigDict, settings: ppo.PPOSettings) -> int:
   """Episode positions (prompt + response, padding included) plus pretraining tokens."""
   episodes = config.batch_size * (config.data.prompt_len + config.data.response_len)
@@ -133,6 +216,9 @@ def run_ppo(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
     init = functools.partial(ppo.init_ppo_state, kl_coef=config.kl_coef, settings=settings)
     return jax.jit(init, out_shardings=state_shardings)(policy_params, reward_params)
 
+  eval_fn, best, best_of_n = (
+      _validation(config, tok, settings, frozen, policy_params, mesh, stage_dir)
+      if config.get('valid_prompts') else (None, None, {}))
   total_steps = config.total_steps or max(1, config.episodes // config.batch_size)
   print(f'[{config.stage}] {total_steps} iterations of {config.batch_size} episodes '
         f'({settings.updates_per_iteration} updates of {config.minibatch_size}'
@@ -146,8 +232,18 @@ def run_ppo(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
       schedule=loop.Schedule.from_config(config, total_steps),
       fingerprint=checkpoint.fingerprint(config_lib.model_roles(config)),
       batch_shardings=batch_shardings, loss_key='ppo/policy/loss',
-      tokens_fn=lambda batch: tokens)
+      tokens_fn=lambda batch: tokens, eval_fn=eval_fn)
   common.exit_if_stopped(result)
   final = {k: v for k, v in result.metrics.items() if k.startswith(('objective/', 'ptx/'))}
-  return {'iterations': result.step, 'episodes': result.step * config.batch_size,
-          'checkpoint_step': result.step, **final}
+  summary = {'iterations': result.step, 'episodes': result.step * config.batch_size,
+             'checkpoint_step': result.step, **final}
+  if best is None:
+    return summary
+  if not config.eval_every or result.step % config.eval_every:
+    eval_fn(result.state)  # the final iteration competes too
+  best.close()
+  curve = selection_curve(stage_dir)
+  print(f'[{config.stage}] selected iteration {best.best["step"]} of {result.step} by '
+        f'{config.select_by} {best.best["value"]:.3f} (validation prompts, training labelers)',
+        flush=True)
+  return {**summary, **best.summary(), 'selection_curve': curve, 'best_of_n': best_of_n}

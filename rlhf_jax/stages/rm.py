@@ -23,15 +23,18 @@ from rlhf_jax.stages import common
 from rlhf_jax.stages import label as label_stage
 
 VALID_SETS = ('valid_train', 'valid_heldout')
+# Reported once at the end, never used for a choice: the RM's accuracy on the test prompts'
+# samples by each labeler pool (the issue's and the paper's §4.1 figure).
+TEST_SETS = ('test_train', 'test_heldout')
 # One compilation per model and batch shape, whatever the bias (a traced argument).
 _score = jax.jit(rm.reward_scores, static_argnames=('model',))
 
 
-def _valid_fn(config, tok, model, mesh, label_files):
-  """params -> {'rm/<set>_loss', 'rm/<set>_accuracy'} over every record of each validation set."""
+def _valid_fn(config, tok, model, mesh, label_files, names=VALID_SETS):
+  """params -> {'rm/<set>_loss', 'rm/<set>_accuracy'} over every record of each named set."""
   rows = sharding.batch_sharding(mesh)
   step = jax.jit(functools.partial(rm.rm_eval_step, model=model))
-  sets = {name: label_files[name] for name in VALID_SETS if label_files[name].exists()}
+  sets = {name: label_files[name] for name in names if label_files[name].exists()}
 
   def evaluate(params):
     out = {}
@@ -134,7 +137,7 @@ def run_rm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
       flops_per_token=common.train_flops_per_token(model_cfg, config.data.seq_len))
   common.exit_if_stopped(result)
   params = result.state.params
-  final = valid(params)
+  final = {**valid(params), **_valid_fn(config, tok, model, mesh, label_files, TEST_SETS)(params)}
   print('[rm] ' + '  '.join(f'{k} {v:.4f}' for k, v in final.items()), flush=True)
   demos = common.data_paths(config)['rm_demonstrations']
   return {'steps': result.step, 'checkpoint_step': result.step,

@@ -6,7 +6,7 @@ gets K drawn from [k_min, k_max] by the seed, its K slots spread over `config.po
 as K allows, and each slot is one temperature-`config.temperature` sample of that policy from
 the KV-cache sampler (one compiled program per policy geometry; fixed batch shapes).
 
-Writes <workdir>/samples/{train,valid}.jsonl as `samples` records with
+Writes <workdir>/samples/{train,valid,test}.jsonl as `samples` records with
 meta = {"policies": [which policy wrote each completion], "customer", "category"}.
 """
 import collections
@@ -22,7 +22,9 @@ from rlhf_jax import checkpoint, config_lib, metrics, sampling, sharding
 from rlhf_jax.data import pipeline, records
 from rlhf_jax.stages import common
 
-SPLITS = {'train': 'prompts_rm', 'valid': 'prompts_rm_valid'}  # split -> world file role
+# split -> world file role. The test prompts' samples are ranked by held-out labelers for the
+# final RM accuracy only (paper §4.1); nothing is chosen on them.
+SPLITS = {'train': 'prompts_rm', 'valid': 'prompts_rm_valid', 'test': 'prompts_test'}
 
 
 def paths(samples_dir: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -106,12 +108,11 @@ def generate(config, name: str, prompts: list[str], tok, mesh, rng: jax.Array) -
   return out
 
 
-def _plan_split(config, prompts: list[dict], tok, split: int, n_policies: int):
+def _plan_split(config, prompts: list[dict], tok, split: int, n_policies: int, limit: int):
   """(kept prompt records, their completion plans, number of too-long prompts dropped)."""
   kept = [r for r in prompts if _fits(tok, r['prompt'], config.data.prompt_len)]
   too_long = len(prompts) - len(kept)
-  if split == 0 and config.max_prompts:
-    kept = kept[:config.max_prompts]
+  kept = kept[:limit or None]
   rng = np.random.default_rng([config.seed, split])
   plan = completion_plan(len(kept), n_policies, config.k_min, config.k_max, rng)
   return kept, plan, too_long
@@ -124,15 +125,19 @@ def _validate(config) -> None:
 
 
 def run(config: ml_collections.ConfigDict, samples_dir: pathlib.Path) -> dict:
-  """Samples both RM prompt splits from every policy; returns the stage summary."""
+  """Samples the RM prompt splits (and the test prompts) from every policy; returns the stage
+  summary."""
   _validate(config)
   names = policy_names(config)
   data, mesh = common.data_paths(config), common.mesh(config)
   tok = common.tokenizer(config, config_lib.to_model_config(config.model))
   splits = {}
+  limits = {'train': config.max_prompts, 'valid': config.get('max_valid_prompts', 0), 'test': 0}
   for i, (split, role) in enumerate(SPLITS.items()):
+    if split == 'test' and not config.get('sample_test', True):
+      continue
     splits[split] = _plan_split(config, records.read_records(data[role], 'prompts'), tok, i,
-                                len(names))
+                                len(names), limits[split])
   texts = {split: [[None] * len(p) for p in plan] for split, (_, plan, _) in splits.items()}
   for p, name in enumerate(names):
     # One call per policy over both splits: its parameters are loaded once.

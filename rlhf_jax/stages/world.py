@@ -8,10 +8,6 @@ import ml_collections
 from rlhf_jax.data import records, tokenizers
 from rlhf_jax.world import build
 
-# Share of the SFT demonstrations and of the RM prompts held out for validation.
-VALID_FRACTION = 0.1
-
-
 def paths(data_dir: pathlib.Path) -> dict[str, pathlib.Path]:
   """Every file the world writes, by role (the other stages read them through this)."""
   files = {
@@ -24,18 +20,16 @@ def paths(data_dir: pathlib.Path) -> dict[str, pathlib.Path]:
       'prompts_rm': 'prompts_rm.jsonl',
       'prompts_rm_valid': 'prompts_rm_valid.jsonl',
       'prompts_ppo': 'prompts_ppo.jsonl',
+      'prompts_ppo_valid': 'prompts_ppo_valid.jsonl',
       'prompts_test': 'prompts_test.jsonl',
       'public_evals': 'public_evals.json',
+      'valid_text': 'pretrain_valid_select.jsonl',
+      'valid_evals': 'public_evals_valid.json',
       'few_shot_prefix': 'few_shot_prefix.txt',
       'tokenizer': 'tokenizer',
       'card': 'card.json',
   }
   return {role: data_dir / name for role, name in files.items()}
-
-
-def _split(items: list, fraction: float) -> tuple[list, list]:
-  n_valid = max(1, round(len(items) * fraction))
-  return items[:-n_valid], items[-n_valid:]
 
 
 def run(config: ml_collections.ConfigDict, data_dir: pathlib.Path) -> dict:
@@ -47,24 +41,27 @@ def run(config: ml_collections.ConfigDict, data_dir: pathlib.Path) -> dict:
   print(f'[world] building InstructGPT-mini (seed {config.seed}, scale '
         f'{config.data.world_scale}) in {data_dir}', flush=True)
   world = build.build_world(seed=config.seed, scale=config.data.world_scale)
-  sft_train, sft_valid = _split(world.demonstrations['sft'], VALID_FRACTION)
-  rm_train, rm_valid = _split(world.prompts['rm'], VALID_FRACTION)
+  # Every split is the world's own, disjoint by customer (paper Table 6): validation prompts
+  # choose checkpoints and coefficients, test prompts only report.
   writes = {
       'pretrain': ('text', world.pretrain),
       'pretrain_valid': ('text', world.evals['heldout_text']),
-      'sft_train': ('demonstrations', sft_train),
-      'sft_valid': ('demonstrations', sft_valid),
+      'valid_text': ('text', world.evals_valid['heldout_text']),
+      'sft_train': ('demonstrations', world.demonstrations['sft']),
+      'sft_valid': ('demonstrations', world.demonstrations['sft_valid']),
       'rm_demonstrations': ('demonstrations', world.demonstrations['rm']),
-      'prompts_sft_valid': ('prompts', world.prompts['sft'][-len(sft_valid):]),
-      'prompts_rm': ('prompts', rm_train),
-      'prompts_rm_valid': ('prompts', rm_valid),
+      'prompts_sft_valid': ('prompts', world.prompts['sft_valid']),
+      'prompts_rm': ('prompts', world.prompts['rm']),
+      'prompts_rm_valid': ('prompts', world.prompts['rm_valid']),
       'prompts_ppo': ('prompts', world.prompts['ppo']),
+      'prompts_ppo_valid': ('prompts', world.prompts['ppo_valid']),
       'prompts_test': ('prompts', world.prompts['test']),
   }
   for role, (kind, recs) in writes.items():
     records.write_records(p[role], kind, recs)
-  evals = {k: v for k, v in world.evals.items() if k != 'heldout_text'}
-  p['public_evals'].write_text(json.dumps(evals, sort_keys=True) + '\n')
+  for role, evals in (('public_evals', world.evals), ('valid_evals', world.evals_valid)):
+    tasks = {k: v for k, v in evals.items() if k != 'heldout_text'}
+    p[role].write_text(json.dumps(tasks, sort_keys=True) + '\n')
   p['few_shot_prefix'].write_text(world.few_shot_prefix)
   texts = [r['text'] for r in world.pretrain] + [
       d['prompt'] + ' ' + d['completion'] for d in world.demonstrations['sft']]

@@ -29,10 +29,13 @@ class World:
     seed: the world is a function of (seed, scale, n_pretrain).
     scale: prompt counts are the paper's times this.
     pretrain: pretraining records {"text"}.
-    prompts: split name ('sft', 'rm', 'ppo', 'test') -> prompt records.
-    demonstrations: 'sft' and 'rm' -> {"prompt", "completion"} for every prompt of that split
-      (RM demonstrations set the reward bias so demonstrations score 0 on average).
+    prompts: split name ('sft', 'rm', 'ppo', 'test', and the validation splits 'sft_valid',
+      'rm_valid', 'ppo_valid') -> prompt records; every customer is in one split only.
+    demonstrations: 'sft', 'rm' and 'sft_valid' -> {"prompt", "completion"} for every prompt of
+      that split (RM demonstrations set the reward bias so demonstrations score 0 on average).
     evals: public NLP evals, see public_evals.public_evals.
+    evals_valid: their validation twin (same tasks and held-out text, another draw), for choices
+      made on the pretraining distribution (App. E.6's gamma) without touching `evals`.
     few_shot_prefix: the fixed prefix of the "GPT-3 prompted" baseline.
     labelers: 'train' and 'heldout' pools.
   """
@@ -42,6 +45,7 @@ class World:
   prompts: dict[str, list[dict]]
   demonstrations: dict[str, list[dict]]
   evals: dict[str, list[dict]]
+  evals_valid: dict[str, list[dict]]
   few_shot_prefix: str
   labelers: dict[str, list[labelers.Labeler]]
 
@@ -73,8 +77,9 @@ def build_world(seed: int = 0, scale: float = 0.05, n_pretrain: int | None = Non
       pretrain=corpus.documents(random.Random(_stream(seed, 'pretrain')), n_pretrain),
       prompts=splits,
       demonstrations={s: prompts.demonstrations(splits[s], _stream(seed, f'demos/{s}'))
-                      for s in ('sft', 'rm')},
+                      for s in ('sft', 'rm', 'sft_valid')},
       evals=public_evals.public_evals(_stream(seed, 'evals')),
+      evals_valid=public_evals.public_evals(_stream(seed, 'evals_valid')),
       few_shot_prefix=corpus.few_shot_prefix(_stream(seed, 'few_shot')),
       labelers={name: labeler_pool(seed, name, n_labelers) for name in ('train', 'heldout')})
 

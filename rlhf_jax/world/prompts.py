@@ -9,12 +9,16 @@ import random
 from rlhf_jax.world import tasks
 
 LABELER = 'labeler'
-# Paper Table 6 training prompts (and Table 9's test set), by source.
+# Paper Table 6 training and validation prompts (and Table 9's test set), by source. The
+# validation splits come last so that adding them left the other splits' prompts unchanged.
 PAPER_COUNTS = {
     'sft': {'labeler': 11_295, 'customer': 1_430},
     'rm': {'labeler': 6_623, 'customer': 26_584},
     'ppo': {'labeler': 0, 'customer': 31_144},
     'test': {'labeler': 0, 'customer': 3_196},
+    'sft_valid': {'labeler': 1_550, 'customer': 103},
+    'rm_valid': {'labeler': 3_488, 'customer': 14_399},
+    'ppo_valid': {'labeler': 0, 'customer': 16_185},
 }
 # Prompts per customer: paper caps each user ID at 200; most send a few dozen.
 _MEAN_PER_CUSTOMER, _MAX_PER_CUSTOMER = 20, 200
@@ -55,11 +59,13 @@ def _labeler_prompts(rng: random.Random, n: int) -> list[dict]:
 
 
 def prompt_splits(seed: int, scale: float) -> dict[str, list[dict]]:
-  """Prompt records {"prompt", "customer", "category"} for the 'sft', 'rm', 'ppo', 'test' splits.
+  """Prompt records {"prompt", "customer", "category"} for the 'sft', 'rm', 'ppo', 'test' splits
+  and the validation splits 'sft_valid', 'rm_valid', 'ppo_valid' (paper Table 6).
 
   Args:
     seed: the whole output is a function of (seed, scale).
-    scale: multiplies the paper's counts (0.05 gives about 640 / 1660 / 1560 / 160 prompts).
+    scale: multiplies the paper's counts (0.05 gives about 640 / 1660 / 1560 / 160 prompts, and
+      83 / 894 / 809 for validation).
   """
   rng = random.Random(seed)
   next_customer = 0
