@@ -17,8 +17,10 @@ Without `--topology` the config's recommended `topology` is used. Not fitting is
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import os
+import pathlib
 import re
 import sys
 import time
@@ -139,18 +141,18 @@ def _device_bytes(x) -> int:
   return int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
 
 
-def _compile(step: Step) -> tuple[dict[str, int], float | None]:
+def _compile(lowered, args) -> tuple[dict[str, int], float | None]:
   """(per-device memory parts, FLOPs); parts estimated from the message if it cannot fit."""
   try:
-    compiled = step.fn.lower(*step.args).compile()
+    compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
     oom = _oom_bytes(str(e)) if 'RESOURCE_EXHAUSTED' in str(e) else None
     if oom is None:
       raise
-    args = sum(_device_bytes(x) for x in jax.tree.leaves(step.args))
+    arg_bytes = sum(_device_bytes(x) for x in jax.tree.leaves(args))
     kind, n = oom
-    return {'argument_bytes': args, 'output_bytes': 0, 'alias_bytes': 0, 'code_bytes': 0,
-            'temp_bytes': max(n - args, 0) if kind == 'total' else n}, None
+    return {'argument_bytes': arg_bytes, 'output_bytes': 0, 'alias_bytes': 0, 'code_bytes': 0,
+            'temp_bytes': max(n - arg_bytes, 0) if kind == 'total' else n}, None
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
@@ -160,19 +162,35 @@ def _compile(step: Step) -> tuple[dict[str, int], float | None]:
           None if cost.get('flops') is None else float(cost['flops']))
 
 
-def measure(step: Step, hbm: int | None) -> dict[str, Any]:
-  """Lowers and compiles one step; its per-device memory, FLOPs and compile time."""
+def measure(step: Step, hbm: int | None,
+            programs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+  """Lowers and compiles one step; its per-device memory, FLOPs and compile time.
+
+  Args:
+    step: the step to check.
+    hbm: one device's memory, or None if unknown.
+    programs: measurements by program (a digest of the lowered program and its devices), shared
+      across calls: a program measured before, such as sft_init's step (sft's, other data), is
+      not compiled again. The `program` field of a result names its program.
+  """
   start = time.perf_counter()
-  parts, flops = _compile(step)
-  seconds = time.perf_counter() - start
-  parts = {k: int(v) for k, v in parts.items()}
-  parts['held_bytes'] = step.held_bytes
+  lowered = step.fn.lower(*step.args)
+  devices = sorted(str(d) for d in jax.tree.leaves(step.args)[0].sharding.device_set)
+  program = hashlib.sha256((lowered.as_text() + repr(devices)).encode()).hexdigest()[:16]
+  if programs is not None and program in programs:
+    measured = dict(programs[program])
+  else:
+    parts, flops = _compile(lowered, step.args)
+    measured = {'flops': flops, 'compile_seconds': round(time.perf_counter() - start, 1),
+                'program': program, **{k: int(v) for k, v in parts.items()}}
+    if programs is not None:
+      programs[program] = measured
+  measured['held_bytes'] = step.held_bytes
   # Donated arguments alias their outputs: those bytes are counted once.
-  total = (parts['argument_bytes'] + parts['output_bytes'] - parts['alias_bytes']
-           + parts['temp_bytes'] + parts['code_bytes'] + parts['held_bytes'])
+  total = (measured['argument_bytes'] + measured['output_bytes'] - measured['alias_bytes']
+           + measured['temp_bytes'] + measured['code_bytes'] + measured['held_bytes'])
   return {'bytes_per_device': total, 'hbm_per_device': hbm,
-          'fits': None if hbm is None else bool(total <= hbm), 'flops': flops,
-          'compile_seconds': round(seconds, 1), **parts}
+          'fits': None if hbm is None else bool(total <= hbm), **measured}
 
 
 def check_batch_sizes(config, mesh) -> None:
@@ -281,15 +299,18 @@ def make_mesh(config, devices: list[Any]) -> Mesh:
     raise config_lib.ConfigError(str(e)) from None
 
 
-def check(config, topology: str) -> dict[str, Any]:
-  """The fit report of every step of `config.stage` on `topology` (see the module docstring)."""
+def check(config, topology: str,
+          programs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+  """The fit report of every step of `config.stage` on `topology` (see the module docstring);
+  `programs` as in `measure`."""
   devices = topology_devices(topology)
   mesh = make_mesh(config, devices)
   check_batch_sizes(config, mesh)
   hbm = hbm_per_device(devices)
   params = {role: state.count_params(state.abstract_params(model, head))
             for role, (model, head) in config_lib.model_roles(config).items()}
-  steps = {name: measure(step, hbm) for name, step in build_steps(config, mesh).items()}
+  steps = {name: measure(step, hbm, programs)
+           for name, step in build_steps(config, mesh).items()}
   return {'topology': topology, 'device_kind': devices[0].device_kind, 'devices': len(devices),
           'mesh': dict(mesh.shape), 'params': params, 'steps': steps}
 
@@ -310,6 +331,65 @@ def format_report(report: dict[str, Any]) -> str:
                  f"{gib(s['bytes_per_device'])}{hbm}  {str(s['fits']):<5}{flops}"
                  f"{s['compile_seconds']:7.1f}s")
   return '\n'.join(lines)
+
+
+# The regression guard (tests/test_aot_guard.py): the paper stages' steps, with the paper's
+# compute dtype, remat, mesh axes, chunking and code paths but the 'small' geometry and short
+# sequences, compiled for a 4-chip slice (seconds each). Their per-device temporaries are
+# recorded by experiments/aot/refresh.py (GUARD_RECORD) and may not grow by more than
+# GUARD_TOLERANCE: the compiler plans the same program identically on the same libtpu, so any
+# growth is a code change, and 5% leaves room for a libtpu upgrade's re-scheduling while staying
+# far below the +25% of issue 21's regression (the 1.3B PPO-ptx update, 76.6 -> 95.8 GiB).
+GUARD_TOPOLOGY = 'v5p:2x2x1'
+GUARD_TOLERANCE = 0.05
+GUARD_RECORD = pathlib.Path(__file__).resolve().parents[1] / 'experiments/aot/guard.json'
+GUARD_STAGES = ('sft', 'rm', 'ppo_ptx')
+
+
+def guard_config(stage: str):
+  """configs/<stage>.py:1.3b shrunk to the guard's size; the code paths stay the paper's."""
+  c = config_lib.load_config(f'{config_lib.CONFIG_DIR / stage}.py:1.3b')
+  for field in ('model', 'reward_model'):
+    if field in c:
+      paper = c[field]
+      c[field] = config_lib.model_config_dict('small')
+      for knob in ('dtype', 'param_dtype', 'remat'):
+        c[field][knob] = paper[knob]
+  c.data.update(seq_len=256, prompt_len=128, response_len=128)
+  c.mesh.update(data=2, fsdp=2, tensor=1)
+  c.topology = GUARD_TOPOLOGY
+  # Four rows per device, as many updates per iteration as the paper's PPO (512 / 64), and the
+  # paper's 8 pretraining rows per episode.
+  c.batch_size = 64 if stage in config_lib.PPO_STAGES else 16
+  if 'minibatch_size' in c:
+    c.minibatch_size = 8
+  return c
+
+
+def guard_temps(configs: dict[str, Any] | None = None) -> dict[str, dict[str, int]]:
+  """Per-device temporary bytes of every guard step: {stage: {step: bytes}}.
+
+  Args:
+    configs: stage -> config to measure; default every `guard_config(stage)` of GUARD_STAGES.
+  """
+  configs = configs or {stage: guard_config(stage) for stage in GUARD_STAGES}
+  return {stage: {name: step['temp_bytes'] for name, step in check(c, c.topology)['steps'].items()}
+          for stage, c in configs.items()}
+
+
+def guard_growth(measured: dict[str, dict[str, int]], recorded: dict[str, dict[str, int]],
+                 tolerance: float = GUARD_TOLERANCE) -> list[str]:
+  """One line per step whose temporaries grew beyond `tolerance` or that has no record."""
+  problems = []
+  for stage, steps in measured.items():
+    for name, temp in steps.items():
+      before = recorded.get(stage, {}).get(name)
+      if before is None:
+        problems.append(f'{stage}/{name}: no recorded value; run experiments/aot/refresh.py')
+      elif temp > before * (1 + tolerance):
+        problems.append(f'{stage}/{name}: temporaries {temp:,} bytes per device, recorded '
+                        f'{before:,} (+{temp / before - 1:.1%} > {tolerance:.0%})')
+  return problems
 
 
 def main(argv):
