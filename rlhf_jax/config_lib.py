@@ -130,6 +130,10 @@ def validate_model(m: ModelConfig) -> None:
   def need(ok, msg):
     if not ok:
       raise ConfigError(f'model: {msg}')
+  # Sizes first: the checks below divide by them.
+  for name in ('vocab_size', 'n_layers', 'd_model', 'n_heads', 'd_head', 'd_ff', 'max_len'):
+    need(getattr(m, name) > 0, f'{name}={getattr(m, name)} must be positive')
+  need(m.n_kv_heads is None or m.n_kv_heads > 0, f'n_kv_heads={m.n_kv_heads} must be positive')
   need(m.n_heads % m.kv_heads == 0, f'n_heads={m.n_heads} not divisible by n_kv_heads={m.kv_heads}')
   need(m.positions == 'learned' or m.d_head * m.rotary_pct % 2 == 0,
        f'rotary dims d_head*rotary_pct={m.d_head * m.rotary_pct} must be even')
@@ -139,8 +143,6 @@ def validate_model(m: ModelConfig) -> None:
   need(m.remat in ('none', 'full', 'dots'), f'remat {m.remat!r} unknown')
   need(m.scan_unroll >= 1, f'scan_unroll={m.scan_unroll} must be at least 1')
   need(m.mlp in ('gelu', 'gelu_exact', 'swiglu'), f'mlp {m.mlp!r} unknown')
-  for name in ('vocab_size', 'n_layers', 'd_model', 'n_heads', 'd_head', 'd_ff', 'max_len'):
-    need(getattr(m, name) > 0, f'{name}={getattr(m, name)} must be positive')
 
 
 PAPER_GEOMETRIES = ('1.3b', '6b', '175b')
@@ -232,6 +234,13 @@ def model_roles(config: ml_collections.ConfigDict) -> dict[str, tuple[ModelConfi
   return {}
 
 
+# Stage fields that are sizes or periods (at least 1), and counts where 0 means "derive it" or
+# "never" (total_steps 0: from epochs; eval_every / checkpoint_every 0: only at the end).
+POSITIVE_FIELDS = ('batch_size', 'minibatch_size', 'log_every', 'episodes', 'ppo_epochs',
+                   'rollout_chunks', 'ptx_chunks')
+COUNT_FIELDS = ('total_steps', 'epochs', 'eval_every', 'checkpoint_every')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks a stage config before any compilation; raises ConfigError with a one-line message."""
   if not config.stage:
@@ -241,6 +250,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       validate_model(model)
     except ConfigError as e:
       raise ConfigError(f'{role} {e}') from None
+  for field in POSITIVE_FIELDS:
+    if field in config and config[field] < 1:
+      raise ConfigError(f'{field}={config[field]} must be at least 1')
+  for field in COUNT_FIELDS:
+    if field in config and config[field] < 0:
+      raise ConfigError(f'{field}={config[field]} must not be negative')
   for axis in ('data', 'fsdp', 'tensor'):
     if config.mesh[axis] == 0 or config.mesh[axis] < -1:
       raise ConfigError(f'mesh.{axis}={config.mesh[axis]} must be positive or -1')

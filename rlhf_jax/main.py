@@ -60,17 +60,35 @@ def main(argv):
   except stages.STAGE_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  except OSError as e:  # a read-only workdir, a full disk
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+def _last_line(text: str) -> str:
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return lines[-1] if lines else text
 
 
 def parse_flags(argv):
   """absl flag parsing, but a config file that raises (unknown geometry, bad value) is a one-line
   error: config_flags wraps the exception with its traceback, so keep only its last line."""
   try:
-    return FLAGS(argv)
+    argv = FLAGS(argv)
+    # config_flags defers a config file it cannot read until the config's first use.
+    FLAGS.config.keys()
+    return argv
   except AttributeError as e:  # an override of a field the config does not have
-    print(f'error: the config has no field {str(e).strip(chr(34))}', file=sys.stderr)
+    # ml_collections wraps a KeyError whose message is the quoted name and, on a second line,
+    # a suggestion: print that text, not its repr.
+    cause = e.args[0] if e.args else e
+    text = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
+    print(f'error: the config has no field {"; ".join(text.splitlines())}', file=sys.stderr)
     sys.exit(2)
-  except flags.Error as e:
+  except OSError as e:  # a missing or unreadable config file
+    print(f'error: {_last_line(str(e.__cause__ or e))}', file=sys.stderr)
+    sys.exit(2)
+  except (flags.Error, ValueError) as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     cause = next((line for line in reversed(lines) if 'Error: ' in line), lines[-1])
     print(f'error: {cause.split("Error: ", 1)[-1]}', file=sys.stderr)

@@ -11,6 +11,7 @@ A bad record prints `FILE:LINE: field: what is wrong` on stderr. Exit status: 0 
 file is good, 1 when one is bad, 2 for a usage error.
 """
 import collections
+import os
 import sys
 from typing import Sequence, TextIO
 
@@ -97,6 +98,9 @@ def check(paths: Sequence[str], fmt: str, kind: str, out: TextIO, err: TextIO) -
 def convert(src: str, dest: str, fmt: str, kind: str, out: TextIO, err: TextIO) -> int:
   """Imports `src` of source `fmt` into a `kind` records file `dest`."""
   try:
+    if os.path.exists(src) and os.path.exists(dest) and os.path.samefile(src, dest):
+      raise records.RecordError('file', 'is also the source; the source would be overwritten',
+                                dest)
     imported = importers.import_file(src, fmt, kind)
     n = records.write_records(dest, kind, imported.records)
   except records.RecordError as e:

@@ -135,7 +135,8 @@ def import_file(path: str | os.PathLike, source: str, kind: str = 'rankings') ->
 
   Raises:
     RecordError: at FILE:LINE for a malformed source record (field names the source field,
-      e.g. `info.post`), at FILE for a missing or empty file.
+      e.g. `info.post`), at FILE for a missing or empty file or one whose every record is
+      skipped.
   """
   if source not in _CONVERTERS or kind not in TARGET_KINDS:
     raise ValueError(f'cannot import {source!r} as {kind!r}: sources {SOURCES}, '
@@ -150,4 +151,7 @@ def import_file(path: str | os.PathLike, source: str, kind: str = 'rankings') ->
       skipped.append(f'{path}:{number}: {skip}')
     except RecordError as e:
       raise e.at(path, number) from None
+  if not records:
+    raise RecordError('file', f'no usable records: all {len(skipped)} were skipped, first: '
+                      f'{skipped[0]}', path)
   return Imported(records, skipped)

@@ -19,14 +19,17 @@ Rules (a record breaking one is an error, never skipped):
   - Besides its own fields a record may carry only `id` (str or int) and `meta` (any object,
     kept as is). Any other key is an error, so a typo such as "completon" cannot silently drop
     data; put extra information under `meta`.
-  - Duplicate keys, NaN/Infinity, lone surrogates and non-UTF-8 bytes are errors. Blank lines
-    are ignored (they hold no record); a file with no records is an error.
+  - Duplicate keys, NaN/Infinity, numbers beyond the float range (1e400), integers too long for
+    Python to convert, nesting too deep to decode, lone surrogates and non-UTF-8 bytes are
+    errors. Blank lines are ignored (they hold no record); a file with no records is an error.
 
 Errors are `RecordError`s that print as `FILE:LINE: field: what is wrong`.
 """
 import json
+import math
 import numbers
 import os
+import sys
 import uuid
 from typing import Any, Iterable, Iterator
 
@@ -183,6 +186,24 @@ def _reject_constant(name: str):
   raise RecordError('json', f'{name} is not valid JSON')
 
 
+def _finite_float(text: str) -> float:
+  """json float hook: `1e400` would otherwise decode to inf, which cannot be written back."""
+  value = float(text)
+  if not math.isfinite(value):
+    raise RecordError('json', f'number {text[:40]} is out of the float range')
+  return value
+
+
+def _bounded_int(text: str) -> int:
+  """json int hook: Python refuses integers longer than sys.get_int_max_str_digits() with advice
+  about Python, not about the data."""
+  try:
+    return int(text)
+  except ValueError:
+    raise RecordError('json', f'integer with {len(text.lstrip("-"))} digits is too large (at '
+                      f'most {sys.get_int_max_str_digits()})') from None
+
+
 def _parse_line(raw: bytes, first: bool = False) -> Any:
   """Decodes one JSONL line (bytes, trailing newline allowed); raises a file-less RecordError."""
   try:
@@ -193,9 +214,12 @@ def _parse_line(raw: bytes, first: bool = False) -> Any:
                       '(the file must be UTF-8)') from None
   try:
     return json.loads(text, object_pairs_hook=_no_duplicate_keys,
-                      parse_constant=_reject_constant)
+                      parse_constant=_reject_constant, parse_float=_finite_float,
+                      parse_int=_bounded_int)
   except json.JSONDecodeError as e:
     raise RecordError('json', f'invalid JSON: {e.msg} at column {e.colno}') from None
+  except RecursionError:
+    raise RecordError('json', 'arrays or objects are nested too deeply') from None
 
 
 def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
@@ -259,7 +283,7 @@ def write_records(path: str | os.PathLike, kind: str, records: Iterable[dict]) -
 
   Raises:
     RecordError: at PATH:N for the N-th record (the line it would have had), or at PATH when
-      there are no records, since readers reject empty files.
+      there are no records (readers reject empty files) or the file cannot be written.
   """
   lines = []
   for number, record in enumerate(records, start=1):
@@ -269,10 +293,12 @@ def write_records(path: str | os.PathLike, kind: str, records: Iterable[dict]) -
       raise e.at(path, number) from None
   if not lines:
     raise RecordError('file', 'no records to write (readers reject empty files)', path)
+  if os.path.isdir(path):
+    raise RecordError('file', 'is a directory, expected a file path', path)
   directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   tmp = os.path.join(directory, f'.{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp')
   try:
+    os.makedirs(directory, exist_ok=True)
     # os.open with mode 0o666 honours the umask, unlike tempfile.mkstemp's private 0o600.
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), 'w',
               encoding='utf-8', newline='\n') as f:
@@ -280,10 +306,13 @@ def write_records(path: str | os.PathLike, kind: str, records: Iterable[dict]) -
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except OSError as e:
+    # Read-only folder, disk full, a parent that is a file: nothing is written.
+    where = f': {e.filename}' if e.filename else ''
+    raise RecordError('file', f'cannot write: {e.strerror or e}{where}', path) from None
+  finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
-    raise
   return len(lines)
 
 
@@ -293,3 +322,5 @@ def _dump(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False, allow_nan=False) + '\n'
   except (TypeError, ValueError) as e:
     raise RecordError('meta', f'cannot be written as JSON: {e}') from None
+  except RecursionError:
+    raise RecordError('meta', 'cannot be written as JSON: nested too deeply') from None
