@@ -6,7 +6,9 @@
       an 'lm' role (policy), AutoModelForSequenceClassification for a 'scalar' one (reward).
       The stage config gives the model's architecture (checkpoints store only its geometry); it
       defaults to configs/<stage folder name>.py. --role picks one of its models (default: the
-      first, i.e. the trained one).
+      first, i.e. the trained one). --tokenizer defaults to the run's own (the config's
+      data.tokenizer, else the mini world's in the workdir) when it is there; without one,
+      config.json names no bos/eos ids.
   python -m rlhf_jax.hf inspect DIR
       Prints the ModelConfig a Hugging Face folder imports as.
 
@@ -14,6 +16,7 @@ Errors print one line on stderr. Exit status: 0 on success, 1 for a bad checkpoi
 2 for a usage error.
 """
 import os
+import pathlib
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -43,8 +46,8 @@ def _flag_values() -> flags.FlagValues:
                       'configs/<stage folder name>.py).', flag_values=fv)
   flags.DEFINE_string('role', None, 'Model role of the stage (policy, reward, ...).',
                       flag_values=fv)
-  flags.DEFINE_string('tokenizer', None, 'HF tokenizer folder to ship with the model.',
-                      flag_values=fv)
+  flags.DEFINE_string('tokenizer', None, 'Tokenizer to ship with the model (HF folder or '
+                      'sentencepiece model; default: the run\'s own).', flag_values=fv)
   flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16', 'float16'],
                     'Tensor dtype (default: the model param dtype).', flag_values=fv)
   return fv
@@ -66,6 +69,16 @@ def export_checkpoint(stage_dir: str, config, out_dir: str, *, role: str | None 
   params = checkpoint.load_params(stage_dir, nn.unbox(boxed),
                                   sharding.logical_shardings(boxed, mesh))
   return export_hf(params, model, out_dir, head=head, tokenizer_dir=tokenizer_dir, dtype=dtype)
+
+
+def run_tokenizer(stage_dir: str, config) -> str | None:
+  """The tokenizer a stage of `config` in `stage_dir` was trained with, if it is still there:
+  the config's data.tokenizer, else the mini world's in the stage's workdir."""
+  from rlhf_jax.stages import world  # the stage modules are only needed here
+  data = config.get('data') or {}
+  workdir = pathlib.Path(os.path.normpath(stage_dir)).parent
+  path = data.get('tokenizer') or world.paths(workdir / 'data')['tokenizer']
+  return os.fspath(path) if os.path.exists(path) else None
 
 
 def _usage_error(message: str, err: TextIO) -> int:
@@ -93,7 +106,8 @@ def main(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr
     stage = os.path.basename(os.path.normpath(fv.checkpoint))
     config = config_lib.load_config(fv.config or os.path.join('configs', f'{stage}.py'))
     path = export_checkpoint(fv.checkpoint, config, fv.out, role=fv.role,
-                             tokenizer_dir=fv.tokenizer, dtype=fv.dtype)
+                             tokenizer_dir=fv.tokenizer or run_tokenizer(fv.checkpoint, config),
+                             dtype=fv.dtype)
   except (HFError, config_lib.ConfigError, checkpoint.CheckpointMismatch,
           FileNotFoundError) as e:
     print(f'error: {e}', file=err)

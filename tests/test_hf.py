@@ -3,6 +3,8 @@ import dataclasses
 import io
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -287,3 +289,167 @@ def test_sft_stage_starts_from_a_hf_folder(tmp_path):
   config.workdir = str(tmp_path / 'other')
   with pytest.raises(config_lib.ConfigError, match='n_layers=2'):
     stages.run(config)
+
+
+def _negative_logits_gpt2(path, vocab: int):
+  """A GPT-2 whose every logit is negative: embedding column 0 is large and positive and the
+  final LayerNorm's bias points the other way. A zero (padding) row's logit 0 beats them all."""
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(FAMILIES['gpt2'](vocab)).eval()
+  with torch.no_grad():
+    model.transformer.wte.weight[:, 0] += 5.0
+    model.transformer.ln_f.bias[0] = -50.0
+  model.save_pretrained(path)
+  return model
+
+
+def test_export_keeps_only_the_real_vocabulary(tmp_path):
+  """100 real ids padded to 128 rows (real GPT-2: 50257 -> 50304): transformers must get the 100
+  rows and nothing else, so its greedy tokens are ours."""
+  model = _negative_logits_gpt2(tmp_path / 'm', vocab=100)
+  config, params = load_hf(tmp_path / 'm')
+  assert (config.vocab_size, config.real_vocab_size) == (128, 100)
+  loaded = transformers.AutoModelForCausalLM.from_pretrained(
+      export_hf(params, config, tmp_path / 'out', pad_id=0)).eval()
+  assert loaded.config.vocab_size == 100
+  tokens, mask = _batch()
+  np.testing.assert_allclose(_hf_logits(loaded, tokens, mask)[mask],
+                             _hf_logits(model, tokens, mask)[mask], atol=1e-4, rtol=1e-4)
+  prompt = jnp.asarray(tokens[2:]), jnp.ones((1, 10), bool)
+  ours = sampling.sample(params, config, *prompt, jax.random.key(0), max_new_tokens=6,
+                         temperature=0.0)
+  with torch.no_grad():
+    theirs = loaded.generate(torch.tensor(tokens[2:]), max_new_tokens=6, do_sample=False,
+                             pad_token_id=0, eos_token_id=None)
+  np.testing.assert_array_equal(np.asarray(ours.tokens), theirs[:, 10:].numpy())
+
+
+def test_export_keeps_an_appended_pad_and_never_generates_it(tmp_path):
+  """A tokenizer's appended <pad> keeps its row (inputs use it); generation suppresses it, as
+  our model masks it."""
+  model = _negative_logits_gpt2(tmp_path / 'm', vocab=100)
+  tok = load_tokenizer(_word_tokenizer(tmp_path / 'tok', 99))  # 100 tokens + <pad> = 100
+  config, params = load_hf(tmp_path / 'm', tokenizer=tok)
+  out = export_hf(params, config, tmp_path / 'out', tokenizer_dir=tmp_path / 'tok')
+  loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  assert loaded.config.vocab_size == 101 and loaded.generation_config.suppress_tokens == [100]
+  tokens, _ = _batch()
+  with torch.no_grad():
+    theirs = loaded.generate(torch.tensor(tokens[2:]), max_new_tokens=6, do_sample=False)
+    ref = model.generate(torch.tensor(tokens[2:]), max_new_tokens=6, do_sample=False,
+                         pad_token_id=0, eos_token_id=None)
+  np.testing.assert_array_equal(theirs.numpy(), ref.numpy())
+
+
+def test_hf_init_refuses_a_different_architecture(tmp_path):
+  """init_from=hf:DIR trains the folder's model or stops: fields beyond the shapes count."""
+  from rlhf_jax.stages import common
+  _save_model('gpt_neox', tmp_path / 'neox')
+  found = hf_model_config(tmp_path / 'neox')
+  mesh = sharding.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
+  params = common.load_init_params(f'hf:{tmp_path / "neox"}', str(tmp_path), found, 'lm', mesh)
+  assert params['trunk']['layers']['attn']['query']['kernel'].shape[0] == 2
+  for field, value in [('rotary_pct', 0.25), ('rope_theta', 500000.0), ('norm_eps', 1e-6),
+                       ('parallel_residual', False), ('real_vocab_size', 100)]:
+    with pytest.raises(config_lib.ConfigError, match=rf'{field}=\S+ \(config: {value}\)'):
+      common.load_init_params(f'hf:{tmp_path / "neox"}', str(tmp_path),
+                              found.replace(**{field: value}), 'lm', mesh)
+
+
+def test_qwen2_with_its_own_head_dim_exports(tmp_path):
+  torch.manual_seed(0)
+  cfg = FAMILIES['qwen2'](V)
+  cfg.head_dim = 16  # hidden 32 / 4 heads would be 8
+  model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+  model.save_pretrained(tmp_path / 'm')
+  config, params = load_hf(tmp_path / 'm')
+  assert config.d_head == 16
+  loaded = transformers.AutoModelForCausalLM.from_pretrained(
+      export_hf(params, config, tmp_path / 'out', pad_id=0)).eval()
+  assert loaded.config.head_dim == 16
+  tokens, mask = _batch()
+  np.testing.assert_allclose(_hf_logits(loaded, tokens, mask)[mask],
+                             _hf_logits(model, tokens, mask)[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_export_ids_permissions_and_sentencepiece_tokenizer(tmp_path):
+  """No made-up bos/eos (GPT2Config's 50256 in a 512-token model), a folder as the umask says,
+  and the mini world's sentencepiece tokenizer shipped as a tokenizer that encodes the same."""
+  from rlhf_jax.data.tokenizers import train_sentencepiece
+  config = config_lib.to_model_config(config_lib.model_config_dict('tiny'))
+  params = nn.unbox(jax.jit(state.init_params, static_argnums=(0, 1))(config, 'lm',
+                                                                      jax.random.key(0)))
+  export_hf(params, config, tmp_path / 'bare', pad_id=0)
+  cfg = json.loads((tmp_path / 'bare' / 'config.json').read_text())
+  assert cfg['bos_token_id'] is None and cfg['eos_token_id'] is None
+  texts = [f'The {w} number {i} is\nnot {i * 7} {w}s.' for i in range(300)
+           for w in ('cat', 'tree', 'river')]
+  spm = train_sentencepiece(texts, vocab_size=200, out_dir=tmp_path / 'spm')
+  old = os.umask(0o022)
+  try:
+    out = export_hf(params, config, tmp_path / 'out', tokenizer_dir=tmp_path / 'spm')
+  finally:
+    os.umask(old)
+  assert os.stat(out).st_mode & 0o777 == 0o755
+  assert {os.stat(os.path.join(out, f)).st_mode & 0o777 for f in os.listdir(out)} == {0o644}
+  cfg = json.loads((tmp_path / 'out' / 'config.json').read_text())
+  assert (cfg['bos_token_id'], cfg['eos_token_id'], cfg['pad_token_id']) == (
+      spm.bos_id, spm.eos_id, spm.pad_id)
+  hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+  for text in texts[::50] + ['  two  spaces\n\nand 1234 digits', 'unseen: xyz!']:
+    ids = spm.encode(text)
+    assert hf_tok.encode(text, add_special_tokens=False) == ids
+    assert hf_tok.decode(ids + [spm.eos_id], skip_special_tokens=True) == spm.decode(ids)
+
+
+def _remote_code_tokenizer(path, marker):
+  """A tokenizer folder whose tokenizer_config.json maps AutoTokenizer to its own code, which
+  leaves `marker` when it runs."""
+  _word_tokenizer(path, 9)
+  (path / 'tokenizer_config.json').write_text(json.dumps(
+      {'tokenizer_class': 'OwnTokenizer', 'eos_token': '<|endoftext|>',
+       'auto_map': {'AutoTokenizer': ['own.OwnTokenizer', None]}}))
+  (path / 'own.py').write_text(
+      f'import pathlib\npathlib.Path({str(marker)!r}).write_text("ran")\n'
+      'from transformers import PreTrainedTokenizerFast\n\n\n'
+      'class OwnTokenizer(PreTrainedTokenizerFast):\n  pass\n')
+
+
+def test_tokenizer_code_in_a_folder_never_runs(tmp_path):
+  """Even when stdin says yes to transformers' "run the custom code?" prompt."""
+  marker = tmp_path / 'ran'
+  _remote_code_tokenizer(tmp_path / 'tok', marker)
+  code = ('import sys\nfrom rlhf_jax.data.tokenizers import load_tokenizer\n'
+          f'load_tokenizer({str(tmp_path / "tok")!r})\n')
+  result = subprocess.run([sys.executable, '-c', code], input='y\ny\n', capture_output=True,
+                          text=True, timeout=300, check=False)
+  assert not marker.exists()
+  assert result.returncode != 0 and 'code shipped in the folder is never run' in result.stderr
+
+
+def test_safetensors_index_and_offsets_stay_in_the_folder(tmp_path):
+  model = _save_model('gpt_neox', tmp_path / 'm')
+  model.save_pretrained(tmp_path / 'sharded', max_shard_size='20KB')
+  index_path = tmp_path / 'sharded' / 'model.safetensors.index.json'
+  index = json.loads(index_path.read_text())
+  # A shard named outside the folder is refused even though it exists and holds the tensor.
+  name = 'gpt_neox.final_layer_norm.weight'
+  shard = index['weight_map'][name]
+  os.rename(tmp_path / 'sharded' / shard, tmp_path / shard)
+  index['weight_map'] = {n: f'../{shard}' if f == shard else f
+                         for n, f in index['weight_map'].items()}
+  index_path.write_text(json.dumps(index))
+  with pytest.raises(HFError, match=rf'names shard "\.\./{shard}", not a file inside the folder'):
+    load_hf(tmp_path / 'sharded')
+  # Offsets past the end of the file, or spanning other bytes than the tensor's.
+  path = tmp_path / 'm' / 'model.safetensors'
+  raw = path.read_bytes()
+  n = int.from_bytes(raw[:8], 'little')
+  header = json.loads(raw[8:8 + n])
+  for offsets in ([len(raw), len(raw) + 128], [0, 4], [-4, 124]):
+    header[name] = {**header[name], 'data_offsets': offsets}
+    text = json.dumps(header, separators=(',', ':')).encode().ljust(n)
+    assert len(text) == n
+    path.write_bytes(raw[:8] + text + raw[8 + n:])
+    with pytest.raises(HFError, match=rf'tensor {name} has data_offsets'):
+      load_hf(tmp_path / 'm')

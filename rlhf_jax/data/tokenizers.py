@@ -138,12 +138,31 @@ def train_sentencepiece(texts: Iterable[str] | None = None, vocab_size: int = 10
   return SentencePieceTokenizer(path)
 
 
+def from_pretrained(folder: str, **kwargs):
+  """transformers' AutoTokenizer of a local folder, never running code the folder ships.
+
+  Without trust_remote_code=False a tokenizer_config.json with an `auto_map` makes transformers
+  ask on stdin whether to import the folder's Python files (and a piped "y" says yes).
+
+  Raises:
+    HFError: one line, when transformers cannot load the folder that way.
+  """
+  import transformers  # Imported here: both are slow to import and only HF folders need them.
+  from rlhf_jax.models.hf import HFError
+  try:
+    return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True,
+                                                      trust_remote_code=False, **kwargs)
+  except Exception as e:  # transformers signals bad folders with many exception types
+    raise HFError(f'{folder}: transformers cannot load the tokenizer (code shipped in the folder '
+                  f'is never run): {" ".join(str(e).split())[:300]}') from None
+
+
 def _load_hf(folder: str, eos_token: str | None, bos_token: str | None) -> HFTokenizer:
   """A tokenizer from a local HF folder, with or without tokenizer_config.json."""
   import transformers  # Imported here: it is slow to import and only this path needs it.
   overrides = {k: v for k, v in (('eos_token', eos_token), ('bos_token', bos_token)) if v}
   if os.path.exists(os.path.join(folder, 'tokenizer_config.json')):
-    tok = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, **overrides)
+    tok = from_pretrained(folder, **overrides)
   else:
     # A bare tokenizer.json (as the `tokenizers` library saves) names no special roles.
     tok = transformers.PreTrainedTokenizerFast(

@@ -85,12 +85,13 @@ def _pad_rows(w: np.ndarray, rows: int) -> np.ndarray:
 
 
 def _embedding(path: str, name: str, hf_rows: int, c: ModelConfig, transpose: bool) -> Group:
-  """Token embedding [V, D] (or our LM head kernel [D, V] when `transpose`); pads V on import."""
+  """Token embedding [V, D] (or our LM head kernel [D, V] when `transpose`); pads V on import and
+  keeps the first `hf_rows` rows on export."""
   def to_ours(w):
     w = _pad_rows(w, c.vocab_size)
     return (w.T if transpose else w,)
   return Group((_path(path),), (name,), ((hf_rows, c.d_model),), to_ours,
-               lambda x: (x.T if transpose else x,))
+               lambda x: (x[:, :hf_rows].T if transpose else x[:hf_rows],))
 
 
 def _fused_qkv(path: str, name: str, c: ModelConfig, kernel: bool, neox: bool) -> Group:
@@ -198,7 +199,7 @@ def groups(c: ModelConfig, family: str, hf_vocab: int, lm_head: bool = True) -> 
   Args:
     c: our config (its vocab_size may exceed hf_vocab: padded rows are zero on import).
     family: one of FAMILIES.
-    hf_vocab: embedding rows of the HF checkpoint.
+    hf_vocab: embedding rows of the HF checkpoint (our rows past it are dropped on export).
     lm_head: include the untied LM head (False for sequence-classification models).
   """
   layer_fn, layer_prefix, embed, final_norm, head = _LAYOUT[family]
@@ -301,6 +302,5 @@ def export_family(c: ModelConfig) -> str:
        'RMSNorm models need rotary positions (rotary_pct=1) and mlp=swiglu (Llama / Qwen2)')
   need(not c.parallel_residual, 'parallel_residual with RMSNorm')
   if c.qkv_bias and not c.use_bias:
-    need(c.n_heads * c.d_head == c.d_model, 'Qwen2 needs n_heads * d_head == d_model')
     return 'qwen2'
   return 'llama'

@@ -11,12 +11,16 @@ the rightmost token that is not `pad_token_id`: that equals our last real token 
 is a dedicated token that never occurs inside a sequence, so pad_token_id must be set (from the
 tokenizer or `pad_id`). HF's `score` layer has no bias: ours is folded into the final LayerNorm's
 bias (exact) or, for RMSNorm models, written to config.json as `score_bias` (add it to HF scores).
+
+Only the real vocabulary is exported (`real_vocab_size` rows, plus a <pad> appended right after
+it): our model masks the logits of the padding rows, transformers would not. An appended <pad>
+keeps its row (inputs use it) and generation_config.json suppresses it, as our sampler does.
 """
 import functools
 import operator
 import os
 import shutil
-import tempfile
+import uuid
 from typing import Any
 
 import jax
@@ -26,7 +30,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from safetensors.numpy import save_file
 
-from rlhf_jax.data.tokenizers import PAD_TOKEN, HFTokenizer, load_tokenizer
+from rlhf_jax.data.tokenizers import (PAD_TOKEN, SentencePieceTokenizer, from_pretrained,
+                                      load_tokenizer)
 from rlhf_jax.models import hf
 from rlhf_jax.models.config import ModelConfig
 
@@ -52,10 +57,10 @@ def _rope(c: ModelConfig, family: str) -> dict:
   return rope
 
 
-def _hf_config(c: ModelConfig, family: str, head: str, ids: dict, dtype: str):
-  """The transformers config object of `c`."""
+def _hf_config(c: ModelConfig, family: str, head: str, ids: dict, dtype: str, rows: int):
+  """The transformers config object of `c` with `rows` vocabulary entries."""
   import transformers  # Slow to import; only export needs it.
-  common = dict(vocab_size=c.vocab_size, tie_word_embeddings=c.tie_embeddings, dtype=dtype,
+  common = dict(vocab_size=rows, tie_word_embeddings=c.tie_embeddings, dtype=dtype,
                 architectures=[(hf.LM_CLASSES if head == 'lm' else hf.SCALAR_CLASSES)[family]],
                 **ids)
   gelu = 'gelu' if c.mlp == 'gelu_exact' else 'gelu_new'  # exact erf form / tanh approximation
@@ -72,11 +77,20 @@ def _hf_config(c: ModelConfig, family: str, head: str, ids: dict, dtype: str):
     return transformers.GPTNeoXConfig(
         hidden_act=gelu, layer_norm_eps=c.norm_eps, use_parallel_residual=c.parallel_residual,
         attention_bias=True, hidden_dropout=c.resid_dropout, **sizes, **common)
-  llama = dict(num_key_value_heads=c.kv_heads, rms_norm_eps=c.norm_eps, hidden_act='silu')
+  llama = dict(num_key_value_heads=c.kv_heads, rms_norm_eps=c.norm_eps, hidden_act='silu',
+               head_dim=c.d_head)
   if family == 'qwen2':
     return transformers.Qwen2Config(**llama, **sizes, **common)
-  return transformers.LlamaConfig(head_dim=c.d_head, attention_bias=c.use_bias,
-                                  mlp_bias=c.use_bias, **llama, **sizes, **common)
+  return transformers.LlamaConfig(attention_bias=c.use_bias, mlp_bias=c.use_bias, **llama,
+                                  **sizes, **common)
+
+
+def _generation_config(hf_config, pad_id: int):
+  """Generation settings that never emit the appended <pad>, whose logit our model masks."""
+  import transformers  # Slow to import; only export needs it.
+  generation = transformers.GenerationConfig.from_model_config(hf_config)
+  generation.suppress_tokens = [pad_id]
+  return generation
 
 
 def _fold_score_bias(params: dict, c: ModelConfig) -> tuple[dict, float]:
@@ -94,11 +108,11 @@ def _fold_score_bias(params: dict, c: ModelConfig) -> tuple[dict, float]:
   return {**params, 'trunk': trunk}, 0.0
 
 
-def _hf_tensors(params: dict, c: ModelConfig, family: str, head: str,
-                dtype: np.dtype) -> dict[str, np.ndarray]:
-  """HF tensor name -> array, per layer unstacked, in `dtype`."""
+def _hf_tensors(params: dict, c: ModelConfig, family: str, head: str, dtype: np.dtype,
+                rows: int) -> dict[str, np.ndarray]:
+  """HF tensor name -> array, per layer unstacked, in `dtype`, with `rows` vocabulary rows."""
   out = {}
-  for g in hf.groups(c, family, c.vocab_size, lm_head=head == 'lm'):
+  for g in hf.groups(c, family, rows, lm_head=head == 'lm'):
     ours = [_host(functools.reduce(operator.getitem, p, params)) for p in g.paths]
     for i in range(c.n_layers) if g.per_layer else [None]:
       parts = ours if i is None else [x[i] for x in ours]
@@ -109,28 +123,59 @@ def _hf_tensors(params: dict, c: ModelConfig, family: str, head: str,
   return out
 
 
-def _save_tokenizer(tokenizer_dir: str, out_dir: str, c: ModelConfig) -> dict:
-  """Writes the tokenizer as our pipelines used it (with its <pad>); returns its special ids."""
+def _exported_rows(c: ModelConfig, n_tokens: int, pad_id: int | None) -> int:
+  """Vocabulary rows to export: the real ones, and a <pad> appended right after them (as
+  load_tokenizer appends to GPT-2 / Llama tokenizers) since inputs index its row; HFError when
+  the tokenizer (`n_tokens` ids) or `pad_id` needs rows the model does not have."""
+  real = c.real_vocab_size or c.vocab_size
+  rows = real + 1 if pad_id == real and real < c.vocab_size else real
+  needed = max(n_tokens, -1 if pad_id is None else pad_id + 1)
+  if needed > rows:
+    raise hf.HFError(f'the tokenizer has {n_tokens} tokens (pad id {pad_id}) but the model has '
+                     f'{real} real vocabulary rows (real_vocab_size)')
+  return rows
+
+
+def _spm_to_hf(tok: SentencePieceTokenizer):
+  """A transformers fast tokenizer that encodes as the sentencepiece model does."""
   import transformers  # Slow to import; only export needs it.
-  tok = load_tokenizer(tokenizer_dir)
-  if not isinstance(tok, HFTokenizer):
-    raise hf.HFError(f'{tokenizer_dir}: only Hugging Face tokenizer folders can be exported')
-  if tok.vocab_size > c.vocab_size:
-    raise hf.HFError(f'{tokenizer_dir}: the tokenizer has {tok.vocab_size} tokens but the '
-                     f'model (trunk/embed/embedding) has {c.vocab_size} rows')
+  from sentencepiece import sentencepiece_model_pb2
+  from transformers.convert_slow_tokenizer import SpmConverter
+  with open(tok.path, 'rb') as f:
+    proto = sentencepiece_model_pb2.ModelProto.FromString(f.read())
+  vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+  spec = proto.trainer_spec
+  # transformers' builder follows the model's own normaliser spec and BPE piece scores (or
+  # unigram scores). split_special_tokens: sentencepiece reads "<s>" in text as characters.
+  backend = SpmConverter.build_tokenizer_from_spm_proto(
+      proto, vocab if spec.model_type == sentencepiece_model_pb2.TrainerSpec.BPE
+      else [(p.piece, p.score) for p in proto.pieces])
+  if backend is None:
+    raise hf.HFError(f'{tok.path}: only BPE and unigram sentencepiece models can be exported')
+  return transformers.PreTrainedTokenizerFast(
+      tokenizer_object=backend, unk_token=spec.unk_piece, bos_token=spec.bos_piece,
+      eos_token=spec.eos_piece, pad_token=spec.pad_piece, split_special_tokens=True)
+
+
+def _save_tokenizer(tok, tokenizer_dir: str, out_dir: str) -> None:
+  """Writes the tokenizer as our pipelines used it: a HF folder with its <pad>, or a
+  sentencepiece model converted to a transformers fast tokenizer."""
+  import transformers  # Slow to import; only export needs it.
+  if isinstance(tok, SentencePieceTokenizer):
+    _spm_to_hf(tok).save_pretrained(out_dir)
+    return
   if os.path.exists(os.path.join(tokenizer_dir, 'tokenizer_config.json')):
-    hf_tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    hf_tok = from_pretrained(tokenizer_dir)
   else:
     hf_tok = transformers.PreTrainedTokenizerFast(
         tokenizer_file=os.path.join(tokenizer_dir, 'tokenizer.json'))
   if tok.pad_id == len(hf_tok):  # load_tokenizer appended its <pad>: so do we.
     hf_tok.add_special_tokens({'pad_token': PAD_TOKEN})
-  ids = dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
   # A bare tokenizer.json names no special roles; give them the ids load_tokenizer found.
-  hf_tok.add_special_tokens({k.removesuffix('_id'): hf_tok.convert_ids_to_tokens(v)
-                             for k, v in ids.items()})
+  hf_tok.add_special_tokens({role: hf_tok.convert_ids_to_tokens(i) for role, i in
+                             (('bos_token', tok.bos_id), ('eos_token', tok.eos_id),
+                              ('pad_token', tok.pad_id))})
   hf_tok.save_pretrained(out_dir)
-  return ids
 
 
 def export_hf(params: Any, config: ModelConfig, out_dir: str | os.PathLike, *, head: str = 'lm',
@@ -145,8 +190,9 @@ def export_hf(params: Any, config: ModelConfig, out_dir: str | os.PathLike, *, h
     out_dir: created; must not exist or be empty. Written to a temporary sibling and renamed,
       so a failed export leaves nothing that looks complete.
     head: 'lm' (AutoModelForCausalLM) or 'scalar' (sequence classification, num_labels=1).
-    tokenizer_dir: HF tokenizer folder used in training; copied (with its <pad>) and its
-      bos/eos/pad ids written to config.json.
+    tokenizer_dir: the tokenizer used in training (a HF folder or a sentencepiece model, as
+      load_tokenizer reads); written (with its <pad>) and its bos/eos/pad ids written to
+      config.json. Without it bos/eos are left unset: no transformers default is made up.
     pad_id: pad token id when no tokenizer_dir is given (required for head='scalar').
     dtype: tensor dtype ('float32', 'bfloat16', 'float16'); default config.param_dtype.
 
@@ -157,26 +203,36 @@ def export_hf(params: Any, config: ModelConfig, out_dir: str | os.PathLike, *, h
   family = hf.export_family(config)
   if head not in ('lm', 'scalar'):
     raise hf.HFError(f"head must be 'lm' or 'scalar', got {head!r}")
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise hf.HFError(f'{out_dir}: exists and is not a folder')
   if os.path.exists(out_dir) and os.listdir(out_dir):
     raise hf.HFError(f'{out_dir}: exists and is not empty')
   if head == 'scalar' and pad_id is None and tokenizer_dir is None:
     raise hf.HFError('a scalar model needs pad_token_id (pass tokenizer_dir or pad_id): '
                      'transformers scores the last non-pad token')
+  tok = None if tokenizer_dir is None else load_tokenizer(tokenizer_dir)
+  ids = dict(bos_token_id=None, eos_token_id=None, pad_token_id=pad_id)
+  if tok is not None:
+    ids = dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+  rows = _exported_rows(config, 0 if tok is None else tok.vocab_size, ids['pad_token_id'])
   score_bias = 0.0
   if head == 'scalar':
     params, score_bias = _fold_score_bias(params, config)
   # Every process gathers (a collective); process 0 alone writes.
-  tensors = _hf_tensors(params, config, family, head, np.dtype(_NP_DTYPES[dtype]))
+  tensors = _hf_tensors(params, config, family, head, np.dtype(_NP_DTYPES[dtype]), rows)
   if jax.process_index() != 0:
     return out_dir
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix='.export-', dir=parent)
+  # Not tempfile.mkdtemp: its folder is private (0700); this one honours the umask.
+  tmp = os.path.join(parent, f'.export-{uuid.uuid4().hex[:12]}')
+  os.mkdir(tmp)
   try:
-    ids = dict(pad_token_id=pad_id)
-    if tokenizer_dir is not None:
-      ids = _save_tokenizer(os.fspath(tokenizer_dir), tmp, config)
-    hf_config = _hf_config(config, family, head, ids, dtype)
+    if tok is not None:
+      _save_tokenizer(tok, os.fspath(tokenizer_dir), tmp)
+    hf_config = _hf_config(config, family, head, ids, dtype, rows)
+    if head == 'lm' and rows > (config.real_vocab_size or config.vocab_size):
+      _generation_config(hf_config, rows - 1).save_pretrained(tmp)
     if head == 'scalar':
       hf_config.num_labels = 1
     if score_bias:

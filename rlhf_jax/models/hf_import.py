@@ -15,6 +15,7 @@ sampling from an imported model before fine-tuning may emit them. Reward / value
 """
 import functools
 import json
+import math
 import mmap
 import operator
 import os
@@ -39,23 +40,54 @@ INDEX_FILE = 'model.safetensors.index.json'
 DTYPES = {'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16}
 
 
+# config.json size fields of the supported families; null means "derive it" for the optional ones.
+_SIZES = ('vocab_size', 'n_embd', 'n_layer', 'n_head', 'n_positions', 'hidden_size',
+          'num_hidden_layers', 'num_attention_heads', 'intermediate_size',
+          'max_position_embeddings')
+_OPTIONAL_SIZES = ('n_inner', 'num_key_value_heads', 'head_dim')
+
+
 def _read_json(path: str) -> dict:
+  """A JSON object file; HFError for anything else (including huge integers, deep nesting)."""
   try:
     with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+      value = json.load(f)
+  except (OSError, ValueError, RecursionError) as e:
     raise hf.HFError(f'{path}: cannot read: {e}') from None
+  if not isinstance(value, dict):
+    raise hf.HFError(f'{path}: expected a JSON object')
+  return value
+
+
+def _check_sizes(raw: dict, where: str) -> None:
+  """Sizes must be positive integers: transformers accepts 0 (and some families strings) and
+  the conversion would then divide by zero or build nonsense shapes."""
+  for key in _SIZES + _OPTIONAL_SIZES:
+    value = raw.get(key)
+    if value is None and (key in _OPTIONAL_SIZES or key not in raw):
+      continue
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise hf.HFError(f'{where}: {key}={json.dumps(value)[:40]} must be a positive integer')
 
 
 def _hf_config(path: str):
   """The transformers config of folder `path` (old and new config.json formats alike)."""
   import transformers  # Slow to import; only HF paths need it.
   where = os.path.join(path, 'config.json')
-  model_type = _read_json(where).get('model_type')
+  raw = _read_json(where)
+  model_type = raw.get('model_type')
   if model_type not in hf.FAMILIES:
-    raise hf.HFError(f'{where}: unsupported architecture model_type={model_type!r} '
+    raise hf.HFError(f'{where}: unsupported architecture model_type={str(model_type)[:40]!r} '
                      f'(supported: {", ".join(hf.FAMILIES)})')
-  return transformers.AutoConfig.from_pretrained(path, local_files_only=True), where
+  _check_sizes(raw, where)
+  try:
+    # Never run code shipped in the folder (auto_map): the supported families are built in.
+    cfg = transformers.AutoConfig.from_pretrained(path, local_files_only=True,
+                                                  trust_remote_code=False)
+  except Exception as e:  # transformers validates fields with several exception types
+    raise hf.HFError(f'{where}: transformers cannot read it: {" ".join(str(e).split())}'
+                     ) from None
+  return cfg, where
 
 
 def _check_tokenizer(tokenizer, hf_vocab: int, path: str) -> int:
@@ -80,6 +112,41 @@ def hf_model_config(path: str | os.PathLike, tokenizer=None) -> ModelConfig:
   return _model_config(path, *_hf_config(path), tokenizer)
 
 
+# What a model computes besides its dtypes, rematerialisation, loop unrolling and dropout (the
+# run's own choices): a config differing from a folder in any of these trains another model.
+ARCHITECTURE_FIELDS = ('vocab_size', 'real_vocab_size', 'n_layers', 'd_model', 'n_heads',
+                       'kv_heads', 'd_head', 'd_ff', 'max_len', 'norm', 'norm_eps', 'positions',
+                       'rotary_pct', 'rope_theta', 'rope_scaling', 'mlp', 'use_bias', 'qkv_bias',
+                       'parallel_residual', 'tie_embeddings', 'attention_pattern')
+_ROTARY_FIELDS = ('rotary_pct', 'rope_theta', 'rope_scaling')
+
+
+def _architecture(c: ModelConfig) -> dict[str, Any]:
+  """ARCHITECTURE_FIELDS of `c`, in the form that compares equal when the computation is."""
+  out = {name: getattr(c, name) for name in ARCHITECTURE_FIELDS}
+  out['real_vocab_size'] = c.real_vocab_size or c.vocab_size  # None: every row is real
+  if c.rope_scaling is not None:
+    out['rope_scaling'] = tuple(c.rope_scaling)
+  if c.positions != 'rotary':
+    for name in _ROTARY_FIELDS:
+      del out[name]
+  return out
+
+
+def architecture_diff(path: str | os.PathLike, model: ModelConfig, tokenizer=None) -> list[str]:
+  """Every architecture field where `model` differs from HF folder `path`, as
+  'field=<folder's> (config: <model's>)'; empty when `model` computes what the folder does.
+
+  Args:
+    path: folder with config.json.
+    model: the config a stage would train.
+    tokenizer: the run's tokenizer, as for hf_model_config (an appended <pad> adds a row).
+  """
+  ours, theirs = _architecture(model), _architecture(hf_model_config(path, tokenizer))
+  return [f'{name}={theirs.get(name)} (config: {ours.get(name)})'
+          for name in ARCHITECTURE_FIELDS if ours.get(name) != theirs.get(name)]
+
+
 def _model_config(path: str, cfg, where: str, tokenizer) -> ModelConfig:
   c = hf.config_from_hf(cfg, where)
   rows = c.vocab_size if tokenizer is None else _check_tokenizer(tokenizer, c.vocab_size, path)
@@ -99,9 +166,15 @@ class _Tensors:
     index = os.path.join(path, INDEX_FILE)
     if os.path.exists(index):
       self.where = index
-      self.file_of = _read_json(index).get('weight_map', {})
-      # Fail before reading anything when a shard is missing.
+      self.file_of = _read_json(index).get('weight_map')
+      if not isinstance(self.file_of, dict):
+        raise hf.HFError(f'{index}: weight_map must be an object of tensor name -> shard file')
+      # Fail before reading anything when a shard is missing or lies outside the folder.
       for name, file in self.file_of.items():
+        if (not isinstance(file, str) or os.path.isabs(file)
+            or os.path.normpath(file).split(os.sep)[0] in (os.pardir, os.curdir)):
+          raise hf.HFError(f'{index}: tensor {name} names shard {json.dumps(file)[:80]}, not a '
+                           'file inside the folder')
         if not os.path.exists(os.path.join(path, file)):
           raise hf.HFError(f'{os.path.join(path, file)}: missing shard (holds tensor {name})')
     elif os.path.exists(os.path.join(path, SINGLE_FILE)):
@@ -118,8 +191,12 @@ class _Tensors:
         with open(full, 'rb') as f:
           buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         n = int.from_bytes(buf[:8], 'little')
+        if len(buf) < 8 or n > len(buf) - 8:
+          raise ValueError(f'header size {n} exceeds the file size {len(buf)}')
         header = json.loads(buf[8:8 + n])
-      except (OSError, ValueError) as e:
+        if not isinstance(header, dict):
+          raise ValueError('the header is not a JSON object')
+      except (OSError, ValueError, RecursionError) as e:
         raise hf.HFError(f'{full}: cannot read safetensors file: {e}') from None
       header.pop('__metadata__', None)
       self._open[file] = (header, 8 + n, buf)
@@ -140,16 +217,26 @@ class _Tensors:
     if name not in header:
       raise hf.HFError(f'{where}: tensor {name} not found (the index names this shard)')
     meta = header[name]
-    if meta['dtype'] not in DTYPES:
-      raise hf.HFError(f'{where}: tensor {name} has dtype {meta["dtype"]}; accepted: '
-                       f'{", ".join(DTYPES)}')
-    if tuple(meta['shape']) != tuple(shape):
+    if not isinstance(meta, dict) or not isinstance(meta.get('shape'), list):
+      raise hf.HFError(f'{where}: tensor {name} has a malformed header entry')
+    if meta.get('dtype') not in DTYPES:
+      raise hf.HFError(f'{where}: tensor {name} has dtype {str(meta.get("dtype"))[:20]}; '
+                       f'accepted: {", ".join(DTYPES)}')
+    if meta['shape'] != list(shape):
       raise hf.HFError(f'{where}: tensor {name} has shape {tuple(meta["shape"])}, config.json '
                        f'implies {tuple(shape)}')
     dtype = np.dtype(DTYPES[meta['dtype']])
-    lo, hi = meta['data_offsets']
-    return np.frombuffer(buf, dtype, count=(hi - lo) // dtype.itemsize,
-                         offset=start + lo).reshape(shape)
+    offsets = meta.get('data_offsets')
+    nbytes = math.prod(shape) * dtype.itemsize
+    # The offsets must span exactly the tensor's bytes, inside the file's data section.
+    ints = (isinstance(offsets, list) and len(offsets) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in offsets))
+    if not (ints and 0 <= offsets[0] and offsets[1] - offsets[0] == nbytes
+            and start + offsets[1] <= len(buf)):
+      raise hf.HFError(f'{where}: tensor {name} has data_offsets {str(offsets)[:60]}; '
+                       f'expected {nbytes} bytes within the file\'s {len(buf) - start} data bytes')
+    return np.frombuffer(buf, dtype, count=nbytes // dtype.itemsize,
+                         offset=start + offsets[0]).reshape(shape)
 
 
 def _read_group(tensors: _Tensors, group: hf.Group, c: ModelConfig, prefix: str,

@@ -96,9 +96,7 @@ def load_init_params(init_from: str, workdir: str, model: ModelConfig, head: str
 def _load_hf(path: str, model: ModelConfig, mesh, tokenizer):
   """LanguageModel params of a HF folder; a geometry other than the config's is a ConfigError."""
   from rlhf_jax.models import hf_import  # imports transformers' config classes: slow
-  found = hf_import.hf_model_config(path, tokenizer)
-  ours, theirs = (checkpoint.fingerprint({'model': (m, 'lm')}) for m in (model, found))
-  diff = [f'{k[len("model."):]}={theirs[k]} (config: {ours[k]})' for k in ours if ours[k] != theirs[k]]
+  diff = hf_import.architecture_diff(path, model, tokenizer)
   if diff:
     raise config_lib.ConfigError(f'{path}: the Hugging Face model has ' + ', '.join(diff) +
                                  '; pick the matching geometry (e.g. configs/<stage>.py:gpt2)')
