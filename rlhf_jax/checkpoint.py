@@ -10,20 +10,31 @@ Layout of a stage folder:
 A checkpoint is restored only into a config with the same fingerprint, and every array's shape
 is checked against the target before any is read, so a wrong geometry is a one-line
 `CheckpointMismatch` naming the checkpoint and the field, never a shape traceback.
+
+`meta` also holds a checksum of every array (`checksums`), and a restore recomputes them from
+the arrays it read: a checkpoint whose files were cut short or altered fails to read or to match.
+Resuming then falls back to the newest intact checkpoint (the bad one is moved to
+<stage_dir>/corrupt_checkpoints/<step>) or, when none is left, stops with a one-line
+`CheckpointCorrupt`. Checkpoints written before checksums existed are restored unverified.
 """
 import dataclasses
 import json
 import os
+import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain.checkpoint as grain_checkpoint
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 CHECKPOINT_DIR = 'checkpoints'
 SUMMARY_FILE = 'summary.json'
 STATE, META = 'state', 'meta'
+CORRUPT_DIR = 'corrupt_checkpoints'
 # ModelConfig fields that decide parameter shapes and structure. Dropout, dtype, remat and
 # rotary constants may change between runs without invalidating a checkpoint.
 GEOMETRY_FIELDS = ('vocab_size', 'n_layers', 'd_model', 'n_heads', 'kv_heads', 'd_head', 'd_ff',
@@ -32,6 +43,50 @@ GEOMETRY_FIELDS = ('vocab_size', 'n_layers', 'd_model', 'n_heads', 'kv_heads', '
 
 class CheckpointMismatch(ValueError):
   """A checkpoint that does not fit the config; the message is one line naming path and field."""
+
+
+class CheckpointCorrupt(ValueError):
+  """A checkpoint that cannot be read or does not match its checksums, with no intact one to
+  fall back to; the message is one line naming the step and what to delete."""
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+  """[] uint32: sum over elements of (bits of the element) x (an odd weight from its position),
+  modulo 2**32. Any single flipped bit changes it; the order of the sum does not."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    bits = x.astype(jnp.uint32)
+  else:
+    width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)  # 8 bytes: [..., 2]
+  position, stride = jnp.zeros(bits.shape, jnp.uint32), 1
+  for axis in reversed(range(bits.ndim)):
+    position += jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis) * jnp.uint32(stride)
+    stride = stride * bits.shape[axis] % 2**32
+  return jnp.sum(bits * (2 * position + 1), dtype=jnp.uint32)
+
+
+@jax.jit
+def _checksums(tree: Any) -> dict[str, jax.Array]:
+  """{array path: checksum} of every array of `tree`, computed where the arrays live."""
+  return {_path_str(path): _leaf_checksum(x)
+          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _verify(step: int, stored: Mapping[str, Any], tree: Any) -> None:
+  """Raises ValueError naming the first array of `tree` whose checksum differs from `stored`'s."""
+  expected = stored.get('checksums')
+  if not expected:
+    return  # written before checksums were kept
+  for name, value in sorted(jax.device_get(_checksums(tree)).items()):
+    if name in expected and int(value) != expected[name]:
+      raise ValueError(f'array {name} of step {step} does not match its checksum')
+
+
+def _one_line(error: Exception) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return f'{type(error).__name__}: {lines[0] if lines else ""}'[:300]
 
 
 def fingerprint(roles: Mapping[str, tuple[Any, str]]) -> dict[str, Any]:
@@ -131,40 +186,89 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def delete(self, step: int) -> None:
+    """Removes the checkpoint of `step` (one known to hold a bad state)."""
+    self._manager.delete(step)
+
   def save(self, step: int, state: Any, iterators: Sequence[Any] = ()) -> None:
     """Starts an asynchronous save; the arrays are copied off the devices before it returns."""
     if step == self.latest_step():
       return
+    checksums = {name: int(value) for name, value in jax.device_get(_checksums(state)).items()}
     items = {STATE: ocp.args.PyTreeSave(state),
-             META: ocp.args.JsonSave({'step': step, 'fingerprint': dict(self.fingerprint)})}
+             META: ocp.args.JsonSave({'step': step, 'fingerprint': dict(self.fingerprint),
+                                      'checksums': checksums})}
     items.update({f'data_{i}': grain_checkpoint.CheckpointSave(it)
                   for i, it in enumerate(iterators)})
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, abstract_state: Any, iterators: Sequence[Any] = (),
               step: int | None = None) -> tuple[Any, int]:
-    """Restores (state, step) from `step` (default latest) and repositions `iterators`.
+    """Restores (state, step) from `step` (default: the newest intact checkpoint) and
+    repositions `iterators`.
+
+    Without `step`, a checkpoint that fails to read or to match its checksums is moved to
+    <stage_dir>/corrupt_checkpoints/ with a warning and the next older one is tried.
 
     Args:
       abstract_state: the target, ShapeDtypeStructs with shardings (`with_shardings`).
       iterators: fresh grain DatasetIterators of the same datasets, set in place.
-      step: which checkpoint; None for the latest.
+      step: which checkpoint; None for the newest intact one.
 
     Raises:
       CheckpointMismatch: the checkpoint's fingerprint or array shapes differ from the config.
+      CheckpointCorrupt: `step`, or every checkpoint, is corrupt.
       FileNotFoundError: there is no checkpoint.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
+    steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    for i, candidate in enumerate(steps):
+      try:
+        return self._restore_step(candidate, abstract_state, iterators), candidate
+      except CheckpointMismatch:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  # any failure to read or verify
+        path, reason = os.path.join(self.directory, str(candidate)), _one_line(e)
+        if step is not None:
+          raise CheckpointCorrupt(f'{path}: checkpoint {step} is corrupt ({reason}); delete '
+                                  'it to resume from an earlier one') from None
+        if i == len(steps) - 1:
+          raise CheckpointCorrupt(
+              f'{path}: checkpoint {candidate} is corrupt ({reason}) and no intact one is '
+              f'left; delete {self.directory} to start the stage over') from None
+        self._set_aside(candidate)
+        if jax.process_index() == 0:
+          print(f'warning: {path}: checkpoint {candidate} is corrupt ({reason}); moved to '
+                f'{os.path.join(self.stage_dir, CORRUPT_DIR)}, trying the one before',
+                file=sys.stderr)
+
+  def _restore_step(self, step: int, abstract_state: Any, iterators: Sequence[Any]) -> Any:
+    """The state of checkpoint `step`, verified; positions `iterators`."""
     path = os.path.join(self.directory, str(step))
     meta = self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
     _check_fingerprint(path, meta[META]['fingerprint'], self.fingerprint)
     state = _restore_tree(self._manager, step, path, abstract_state, partial=False)
+    _verify(step, meta[META], state)
     if iterators:
       self._manager.restore(step, args=ocp.args.Composite(**{
           f'data_{i}': grain_checkpoint.CheckpointRestore(it) for i, it in enumerate(iterators)}))
-    return state, step
+    return state
+
+  def _set_aside(self, step: int) -> None:
+    """Moves checkpoint `step` out of the way (kept for inspection), on process 0."""
+    if jax.process_index() == 0:
+      corrupt = os.path.join(self.stage_dir, CORRUPT_DIR)
+      os.makedirs(corrupt, exist_ok=True)
+      target = os.path.join(corrupt, str(step))
+      shutil.rmtree(target, ignore_errors=True)  # an earlier copy of the same step
+      os.rename(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'checkpoint: set aside {step}')
+    self._manager.reload()
 
   def wait(self) -> None:
     """Blocks until the last save is on disk."""
@@ -202,16 +306,24 @@ def load_params(stage_dir: str, abstract_params: Any, shardings: Any = None, *,
   manager = _manager(directory, num_data=0, read_only=True)
   step = summary.get('checkpoint_step', manager.latest_step())
   path = os.path.join(directory, str(step))
-  if fingerprint is not None:
-    meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
-    stored = meta[META]['fingerprint']
-    _check_fingerprint(path, {k: stored.get(k) for k in fingerprint}, fingerprint)
   target = abstract_params if shardings is None else with_shardings(abstract_params, shardings)
   keys = field.split('.')
   for key in reversed(keys):
     target = {key: target}
-  params = _restore_tree(manager, step, path, target, partial=True)
-  manager.close()
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+    if fingerprint is not None:
+      stored = meta[META]['fingerprint']
+      _check_fingerprint(path, {k: stored.get(k) for k in fingerprint}, fingerprint)
+    params = _restore_tree(manager, step, path, target, partial=True)
+    _verify(step, meta[META], params)
+  except CheckpointMismatch:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # any failure to read or verify
+    raise CheckpointCorrupt(f'{path}: checkpoint {step} is corrupt ({_one_line(e)}); rerun the '
+                            f'stage in {stage_dir} with --force') from None
+  finally:
+    manager.close()
   for key in keys:
     params = params[key]
   return params

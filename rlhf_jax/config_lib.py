@@ -113,6 +113,9 @@ def base_config(geometry: str = 'tiny') -> ml_collections.ConfigDict:
   c.log_every = 10
   c.eval_every = 0
   c.checkpoint_every = 0
+  # Stop when the loss or gradient norm of a step exceeds this many times the running mean of
+  # its magnitude: a finite blow-up the NaN check misses (loop.Schedule). 0 = off.
+  c.divergence = 0.0
   # Training steps (sft, rm, the PPO update) differentiate the layers unrolled on the CPU
   # presets; forward-only passes (sampling, scoring, validation) keep the layer loop. Either is
   # the same math; on small models on CPU each is the faster (experiments/bench/README.md).
@@ -256,6 +259,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in COUNT_FIELDS:
     if field in config and config[field] < 0:
       raise ConfigError(f'{field}={config[field]} must not be negative')
+  if config.get('divergence', 0.0) and not config.divergence > 1:
+    raise ConfigError(f'divergence={config.divergence} must be 0 (off) or above 1: it is a '
+                      'multiple of the running mean')
   for axis in ('data', 'fsdp', 'tensor'):
     if config.mesh[axis] == 0 or config.mesh[axis] < -1:
       raise ConfigError(f'mesh.{axis}={config.mesh[axis]} must be positive or -1')

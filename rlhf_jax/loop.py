@@ -6,16 +6,21 @@ function jitted by `jit_step`; a PPO iteration is a plain function that calls tw
 
 Per step n (counting from 0) the loop draws the next batch, puts it on the mesh, calls
 `step_fn(state, batch, fold_in(base_rng, n))` and keeps the returned metrics on device. Only at
-a log, eval or checkpoint step are they fetched: the losses of every step since the last fetch
-are checked to be finite (a NaN or inf stops the run naming the first bad step, and the bad
-state is never saved), then the logged step's metrics are written. After step n the state is
+a log, eval or checkpoint step are they fetched: the losses (and gradient norms) of every step
+since the last fetch are checked to be finite, and optionally not to diverge. A bad value at step
+n comes from the state after step n - 1, so the run stops naming step n, removes a checkpoint of
+step n - 1 and never saves a later state; a state holding NaN or inf is never saved either. Then
+the logged step's metrics are written. After step n the state is
 checkpointed with the data-iterator positions, so a rerun of the same command resumes exactly:
 same state, same next batch, same rng, and metrics.jsonl identical to an uninterrupted run's.
 SIGTERM or SIGINT ends the run after the current step with a checkpoint; a second signal acts
-as usual (kills / KeyboardInterrupt).
+as usual (kills / KeyboardInterrupt). With several processes a signal to any of them stops all
+at one step they agree on (JAX's preemption sync point), so their joint save matches.
 """
 import contextlib
 import dataclasses
+import json
+import os
 import signal
 import sys
 import threading
@@ -24,7 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax._src import distributed as jax_distributed
+from jax.experimental import multihost_utils
 
 from rlhf_jax import checkpoint
 from rlhf_jax import metrics as metrics_lib
@@ -34,23 +42,84 @@ _STATE_OUT = object()  # jit_step's default out_shardings: (state_shardings, uns
 
 
 class NonFiniteLoss(RuntimeError):
-  """The loss became NaN or inf; the message names the step and the last good checkpoint."""
+  """The loss (or the gradient norm) became NaN or inf or diverged, or the updated state holds
+  NaN or inf; the message names the step and the last good checkpoint."""
+
+
+# Absolute stage folder -> what to call once a run there has its state (see `when_started`).
+_on_start: dict[str, Callable[[], None]] = {}
+
+
+@contextlib.contextmanager
+def when_started(stage_dir: str, callback: Callable[[], None]):
+  """Has `run` in `stage_dir` call `callback()` once its state is built or restored, before the
+  first step: past that point the run's inputs have been read and its setup has succeeded."""
+  key = os.path.abspath(stage_dir)
+  _on_start[key] = callback
+  try:
+    yield
+  finally:
+    _on_start.pop(key, None)
 
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   """When things happen, in steps. 0 disables eval / periodic checkpoints (one is still written
-  at the end). A log is written every `log_every` steps and at `total_steps`."""
+  at the end). A log is written every `log_every` steps and at `total_steps`. With
+  `divergence` > 0 the run also stops when the loss or gradient norm of a step exceeds that
+  many times the running mean of its magnitude (a finite blow-up; 0 = off)."""
   total_steps: int
   log_every: int = 10
   eval_every: int = 0
   checkpoint_every: int = 0
+  divergence: float = 0.0
 
   @classmethod
   def from_config(cls, config: Any, total_steps: int | None = None) -> 'Schedule':
     """From the fields every stage config shares (config_lib.base_config)."""
     return cls(total_steps or config.total_steps, config.log_every, config.eval_every,
-               config.checkpoint_every)
+               config.checkpoint_every, config.get('divergence', 0.0))
+
+
+# Metrics every step is checked on besides the loss, when the step reports them.
+GUARDED = ('learning/grad_norm',)
+
+
+class _Guard:
+  """Running mean of each guarded metric's magnitude, to catch finite blow-ups.
+
+  The means start over when a run resumes: the guard only decides whether a run stops, never
+  what it computes.
+  """
+  WARMUP = 20  # values averaged before the guard judges
+  DECAY = 0.9
+
+  def __init__(self, factor: float):
+    self.factor = factor
+    self.mean: dict[str, float] = {}
+    self.seen: dict[str, int] = {}
+
+  def check(self, name: str, value: float) -> str | None:
+    """Why `value` of metric `name` stops the run, or None (then it joins the mean)."""
+    if not np.isfinite(value):
+      return f'{name} is {value}'
+    if not self.factor:
+      return None
+    mean, seen = self.mean.get(name, 0.0), self.seen.get(name, 0)
+    if seen >= self.WARMUP and abs(value) > self.factor * mean:
+      return (f'{name} is {value:.4g}, {abs(value) / mean:.3g} times its running mean '
+              f'magnitude {mean:.4g} (divergence={self.factor:g})')
+    self.mean[name] = abs(value) if not seen else self.DECAY * mean + (1 - self.DECAY) * abs(value)
+    self.seen[name] = seen + 1
+    return None
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  """True when no floating-point leaf of `tree` holds NaN or inf."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 @dataclasses.dataclass
@@ -122,24 +191,61 @@ def timed(fn: Callable[..., Any], *args) -> tuple[Any, float]:
 
 
 class _Stop:
+  """The signal that asked the run to stop, and whether the loop is waiting for data."""
   signum: int | None = None
+  waiting_for_data: bool = False
+
+
+class _DataWaitInterrupted(Exception):
+  """A stop signal arrived while the loop waited for the next batch."""
+
+
+class _Position:
+  """A data iterator's position taken before a `next`, saved in its place (grain's checkpoint
+  handler stores what `get_state` returns, as JSON bytes for objects that are not iterators)."""
+
+  def __init__(self, iterator: Any):
+    self._state = json.dumps(iterator.get_state(), indent=4).encode()
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
+def _stop_is_agreed() -> bool:
+  """Whether the processes of this run agree on the step a signal stops them at (several
+  processes under JAX's preemption service); otherwise each stops on its own signal."""
+  return (jax.process_count() > 1
+          and jax_distributed.global_state.preemption_sync_manager is not None)
 
 
 @contextlib.contextmanager
 def _stop_on_signals():
-  """Turns the first SIGTERM / SIGINT into a request to stop after the current step."""
+  """Turns the first SIGTERM / SIGINT into a request to stop after the current step.
+
+  A signal that arrives while the loop waits for data (a slow or starved input pipeline) ends
+  the wait at once (`_DataWaitInterrupted`), so it is never left pending behind a `next`.
+  """
   stop = _Stop()
   if threading.current_thread() is not threading.main_thread():
     yield stop  # signal handlers can only be installed from the main thread
     return
-  signums = (signal.SIGTERM, signal.SIGINT)
+  agreed = _stop_is_agreed()
+  # With several processes SIGTERM is left to JAX's preemption service, whose handler tells
+  # every process; they stop together at the step `reached_preemption_sync_point` names. A
+  # SIGINT is passed on to it as a SIGTERM.
+  signums = (signal.SIGINT,) if agreed else (signal.SIGTERM, signal.SIGINT)
   previous = {s: signal.getsignal(s) for s in signums}
 
   def handler(signum, frame):
     del frame
-    stop.signum = signum
     for s, h in previous.items():  # a second signal acts as it would have
       signal.signal(s, h)
+    if agreed:
+      os.kill(os.getpid(), signal.SIGTERM)
+      return
+    stop.signum = signum
+    if stop.waiting_for_data:
+      raise _DataWaitInterrupted()
   for s in signums:
     signal.signal(s, handler)
   try:
@@ -191,23 +297,55 @@ class _Loop:
   eval_fn: Callable[[Any], Mapping[str, Any]] | None
   count_tokens: Callable[[Any], int]
   perf: _Perf
+  guard: _Guard
+  agreed_stop: bool
 
-  def next_batch(self) -> Any:
-    """The next batch (a tuple when there are several datasets), None when data runs out."""
+  def next_batch(self, stop: _Stop) -> tuple[Any, list[Any] | None]:
+    """(the next batch, None), the batch a tuple when there are several datasets.
+
+    When data runs out: (None, None). When a stop signal interrupts the wait: (None, the
+    iterators' positions before it), to be checkpointed instead of the half-advanced iterators.
+    """
+    positions = [_Position(it) for it in self.iterators]
     try:
+      stop.waiting_for_data = stop.signum is None
       batches = [next(it) for it in self.iterators]
+      stop.waiting_for_data = False
     except StopIteration:
-      return None
-    return batches[0] if len(batches) == 1 else tuple(batches)
+      stop.waiting_for_data = False
+      return None, None
+    except _DataWaitInterrupted:
+      return None, positions
+    return (batches[0] if len(batches) == 1 else tuple(batches)), None
 
-  def check_finite(self, pending: list[tuple[int, Any]]) -> None:
-    """Raises NonFiniteLoss at the first step in `pending` whose loss is NaN or inf."""
-    for step, loss in zip([s for s, _ in pending], jax.device_get([l for _, l in pending])):
-      if not np.isfinite(loss):
-        raise NonFiniteLoss(
-            f'step {step}: {self.loss_key} is {float(loss)}; stopped without saving it, the last '
-            f'good checkpoint is step {self.ckpt.latest_step()} in {self.ckpt.directory}')
+  def check_pending(self, pending: list[tuple[int, dict[str, Any]]]) -> None:
+    """Stops the run (`stop_bad`) at the first step in `pending` whose loss or gradient norm is
+    NaN or inf, or diverged (`_Guard`)."""
+    for step, values in zip([s for s, _ in pending], jax.device_get([v for _, v in pending])):
+      for name, value in values.items():
+        if (why := self.guard.check(name, float(value))) is not None:
+          self.stop_bad(step, f'{why}, computed from the state after step {step - 1}', step - 1)
     pending.clear()
+
+  def stop_bad(self, step: int, why: str, bad_from: int) -> None:
+    """Raises NonFiniteLoss for step `step`, first removing the checkpoints from step
+    `bad_from` on (states known to be bad) so a rerun resumes from a good one."""
+    self.ckpt.wait()
+    removed = [s for s in self.ckpt.all_steps() if s >= bad_from]
+    for bad in removed:
+      self.ckpt.delete(bad)
+    kept = self.ckpt.latest_step()
+    raise NonFiniteLoss(
+        f'step {step}: {why}; stopped without saving it'
+        + (f' and removed checkpoint {", ".join(map(str, removed))}' if removed else '')
+        + (f'; the last good checkpoint is step {kept} in {self.ckpt.directory}' if kept is not None
+           else f'; no checkpoint is left in {self.ckpt.directory}, a rerun starts over'))
+
+  def save(self, step: int, state: Any, positions: Sequence[Any]) -> None:
+    """Checkpoints `state` after step `step`, unless it holds NaN or inf (then stops the run)."""
+    if step != self.ckpt.latest_step() and not bool(_all_finite(state)):
+      self.stop_bad(step, 'the updated state holds NaN or inf', step)
+    self.ckpt.save(step, state, positions)
 
   def record(self, step: int, step_metrics: Mapping[str, Any], log: bool,
              evaluate: bool, state: Any) -> dict[str, float]:
@@ -226,26 +364,31 @@ class _Loop:
   def train(self, state: Any, step: int, stop: _Stop, last: dict[str, float]) -> RunResult:
     """Steps from `step` to the end; `last` is what was logged last before `step`."""
     s, pending = self.schedule, []
+    data_positions = self.iterators
     while step < s.total_steps and stop.signum is None:
-      batch = self.next_batch()
+      batch, interrupted_at = self.next_batch(stop)
       if batch is None:
+        data_positions = interrupted_at or data_positions
         break
       self.perf.add(self.count_tokens(batch))
       rng = jax.random.fold_in(self.base_rng, step)
       state, step_metrics = self.step_fn(state, shard_batch(batch, self.batch_shardings), rng)
       step += 1
-      pending.append((step, step_metrics[self.loss_key]))
+      if self.agreed_stop and multihost_utils.reached_preemption_sync_point(step):
+        stop.signum = signal.SIGTERM  # a process was signalled; all save this same step
+      pending.append((step, {k: step_metrics[k] for k in (self.loss_key, *GUARDED)
+                             if k in step_metrics}))
       log = _every(step, s.log_every) or step == s.total_steps
       evaluate = self.eval_fn is not None and _every(step, s.eval_every)
       save = _every(step, s.checkpoint_every) or stop.signum is not None
       if log or evaluate or save:
-        self.check_finite(pending)
+        self.check_pending(pending)
       if log or evaluate:
         last = self.record(step, step_metrics, log, evaluate, state) or last
       if save:
-        self.ckpt.save(step, state, self.iterators)
-    self.check_finite(pending)
-    self.ckpt.save(step, state, self.iterators)
+        self.save(step, state, self.iterators)
+    self.check_pending(pending)
+    self.save(step, state, data_positions)
     if stop.signum is not None and jax.process_index() == 0:
       print(f'\n{signal.Signals(stop.signum).name}: saved step {step} to {self.ckpt.directory}; '
             'rerun the same command to resume', file=sys.stderr)
@@ -285,7 +428,8 @@ def run(step_fn: StepFn, *, init_state: Callable[[], Any], abstract_state: Any,
     RunResult; `stopped_by` is set when a signal ended the run early.
 
   Raises:
-    NonFiniteLoss: the loss became NaN or inf (the last good checkpoint is kept).
+    NonFiniteLoss: the loss or gradient norm became NaN or inf or diverged, or the state did;
+      checkpoints of states that produced it are removed, the last good one is kept.
     checkpoint.CheckpointMismatch: the stage folder holds a checkpoint of another geometry.
   """
   datasets = tuple(data) if isinstance(data, (tuple, list)) else (data,)
@@ -299,10 +443,12 @@ def run(step_fn: StepFn, *, init_state: Callable[[], Any], abstract_state: Any,
       state, step = ckpt.restore(abstract_state, iterators)
       if jax.process_index() == 0:
         print(f'resuming from step {step} ({ckpt.directory})', file=sys.stderr)
+    _on_start.pop(os.path.abspath(stage_dir), lambda: None)()
     writer = metrics_lib.Writer(stage_dir, step, wandb_project=wandb_project, config=config)
     progress = metrics_lib.Progress(schedule.total_steps, step)
     loop = _Loop(step_fn, iterators, ckpt, writer, progress, schedule, base_rng, batch_shardings,
-                 loss_key, eval_fn, tokens_fn, _Perf(flops_per_token))
+                 loss_key, eval_fn, tokens_fn, _Perf(flops_per_token),
+                 _Guard(schedule.divergence), _stop_is_agreed())
     with _stop_on_signals() as stop:
       return loop.train(state, step, stop, writer.last_metrics)
   finally:

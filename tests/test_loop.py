@@ -63,9 +63,9 @@ def toy_dataset(nan_batch: int | None = None) -> grain.IterDataset:
 
 
 def toy_run(stage_dir, total_steps, *, log_every=2, checkpoint_every=5, nan_batch=None,
-            fingerprint=FINGERPRINT, wrap=lambda f: f):
+            fingerprint=FINGERPRINT, wrap=lambda f: f, data=None, tx=None, divergence=0.0):
   mesh = sharding.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
-  tx = optax.adam(0.1)
+  tx = tx or optax.adam(0.1)
   init = functools.partial(toy_init, tx)
   state_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), jax.eval_shape(init))
   batch_shardings = sharding.batch_sharding(mesh, 1)
@@ -74,8 +74,9 @@ def toy_run(stage_dir, total_steps, *, log_every=2, checkpoint_every=5, nan_batc
   return loop.run(
       wrap(step), init_state=jax.jit(init, out_shardings=state_shardings),
       abstract_state=checkpoint.with_shardings(jax.eval_shape(init), state_shardings),
-      data=toy_dataset(nan_batch), stage_dir=str(stage_dir), base_rng=jax.random.key(0),
-      schedule=loop.Schedule(total_steps, log_every=log_every, checkpoint_every=checkpoint_every),
+      data=data or toy_dataset(nan_batch), stage_dir=str(stage_dir), base_rng=jax.random.key(0),
+      schedule=loop.Schedule(total_steps, log_every=log_every, checkpoint_every=checkpoint_every,
+                             divergence=divergence),
       fingerprint=fingerprint, batch_shardings=batch_shardings, loss_key='toy/loss')
 
 
@@ -129,9 +130,11 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
-  with pytest.raises(loop.NonFiniteLoss, match=r'^step 5: toy/loss is nan.*step 4 in '):
+  # Step 5's loss is computed from the state after step 4: that checkpoint is not trusted.
+  with pytest.raises(loop.NonFiniteLoss, match=r'^step 5: toy/loss is nan, computed from the '
+                     r'state after step 4; .* removed checkpoint 4; .* step 2 in '):
     toy_run(tmp_path, 10, log_every=3, checkpoint_every=2, nan_batch=4)
-  assert checkpoint.Checkpointer(str(tmp_path), FINGERPRINT).latest_step() == 4
+  assert checkpoint.Checkpointer(str(tmp_path), FINGERPRINT).latest_step() == 2
   assert [json.loads(line)['step'] for line in read_lines(tmp_path / 'metrics.jsonl')] == [3]
 
 

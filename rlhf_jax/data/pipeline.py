@@ -43,9 +43,10 @@ end in eos; a long document continues in the next row as a new segment); demonst
 packed whole, first-fit, into rows of T. `segment_ids`/`positions` let attention stay within a
 document; a model that ignores them attends across documents, as GPT-3 pretraining did.
 """
+import contextlib
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -166,8 +167,74 @@ _EXAMPLES: dict[str, Callable[..., dict | None]] = {
     'text': _text_example, 'demonstrations': _demonstration_example,
     'rankings': _ranking_example, 'prompts': _prompt_example}
 
+# What make_dataset reported inside `collecting_drops` (None outside): key -> report.
+_drops: dict[tuple, dict] | None = None
 
-def _ordered_records(source: Any, kind: str, *, seed: int, shuffle: bool, block: int,
+
+@contextlib.contextmanager
+def collecting_drops() -> Iterator[list[dict]]:
+  """Collects what the datasets made inside drop, for a stage summary.
+
+  Yields:
+    A list, filled on exit with one report per source that lost records (see `_filter_report`);
+    each source is counted and printed once however often a dataset of it is made.
+  """
+  global _drops
+  outer, _drops = _drops, {}
+  out = []
+  try:
+    yield out
+  finally:
+    out.extend(_drops.values())
+    _drops = outer
+
+
+def _filter_report(kind: str, source: Any, name: str, tokenizer: Tokenizer, *,
+                   prompt_len: int, add_bos: bool) -> dict:
+  """{'source', 'kind', 'records', 'kept', 'dropped': {reason: count}} of one source.
+
+  The pipeline drops records lazily, inside an endless repeat: a source that loses every record
+  would stream nothing forever, so the same test `_prompt_ids` applies runs over it once here.
+  """
+  dropped = sum(_prompt_ids(tokenizer, source[i]['prompt'], prompt_len, add_bos) is None
+                for i in range(len(source)))
+  reason = f'prompt longer than prompt_len={prompt_len} tokens' + (' with bos' if add_bos else '')
+  return {'source': name, 'kind': kind, 'records': len(source), 'kept': len(source) - dropped,
+          'dropped': {reason: dropped} if dropped else {}}
+
+
+def _check_filtered(kind: str, source: Any, path: Any, tokenizer: Tokenizer, *, prompt_len: int,
+                    add_bos: bool, min_records: int) -> None:
+  """Reports dropped records (stage log, `collecting_drops`); raises when too few are left.
+
+  Args:
+    source: the records (a random-access sequence).
+    path: the file they were read from, None for records given in memory.
+
+  Raises:
+    records.RecordError: fewer than `min_records` records survive the filter.
+  """
+  # A file is counted once per stage (validation sets are rebuilt at every evaluation).
+  key = (str(path), kind, prompt_len, add_bos)
+  report = _drops.get(key) if _drops is not None and path is not None else None
+  if report is None:
+    report = _filter_report(kind, source, str(path or f'<{len(source)} {kind} records>'),
+                            tokenizer, prompt_len=prompt_len, add_bos=add_bos)
+    if report['dropped'] and jax.process_index() == 0:
+      print(f'[data] {report["source"]}: dropped {report["records"] - report["kept"]} of '
+            f'{report["records"]} {kind} records ({", ".join(report["dropped"])}); '
+            f'{report["kept"]} left', flush=True)
+    if report['dropped'] and _drops is not None and path is not None:
+      _drops[key] = report
+  if report['kept'] < min_records:
+    why = ', '.join(f'{n} {reason}' for reason, n in report['dropped'].items()) or 'none dropped'
+    need = 'nothing to read' if min_records == 1 else f'a batch needs {min_records}'
+    raise records.RecordError(
+        'prompt', f'{report["kept"]} of {report["records"]} {kind} records left ({why}), '
+        f'{need}; raise data.prompt_len, shorten the prompts or add records', path)
+
+
+def _ordered_records(source: Sequence[dict], *, seed: int, shuffle: bool, block: int,
                      shard_index: int, shard_count: int,
                      num_epochs: int | None) -> grain.MapDataset:
   """(source index, record) pairs of one process, shuffled per epoch and repeated.
@@ -176,8 +243,6 @@ def _ordered_records(source: Any, kind: str, *, seed: int, shuffle: bool, block:
   batches of `block * shard_count` records; shard `i` reads the i-th block of each. So P processes
   with `block` rows each feed exactly the global batches one process with `P * block` rows would.
   """
-  if isinstance(source, (str, os.PathLike)):
-    source = records.read_records(source, kind)
   if not 0 <= shard_index < shard_count:
     raise ValueError(f'shard_index={shard_index} not in [0, shard_count={shard_count})')
   # Indices past the source's length are later epochs (grain's repeat), hence the modulo.
@@ -240,7 +305,7 @@ def make_dataset(kind: str, source: Any, tokenizer: Tokenizer, *, batch_size: in
                  shuffle: bool = True, shard_index: int | None = None,
                  shard_count: int | None = None, num_epochs: int | None = None,
                  pack: bool = False, k_max: int = 9, loss_on_prompt: bool = False,
-                 add_bos: bool = True,
+                 add_bos: bool = True, min_records: int | None = None,
                  read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
   """A grain dataset of fixed-shape batches of one record kind (fields: module docstring).
 
@@ -264,11 +329,19 @@ def make_dataset(kind: str, source: Any, tokenizer: Tokenizer, *, batch_size: in
     k_max: rankings: K is padded to k_max; a record with more completions raises ValueError.
     loss_on_prompt: demonstrations: also train on prompt tokens.
     add_bos: start every sequence (each document, prompt) with bos_id.
+    min_records: the fewest records that must survive the prompt-length filter (not for text);
+      default one global batch (batch_size * shard_count) when shuffling, as for training,
+      else 1.
     read_options: grain's threading / prefetch options for tokenization.
 
   Returns:
     A grain.IterDataset of dicts of numpy arrays; iterate it, or `iter()` it for a
     checkpointable iterator (get_state / set_state).
+
+  Raises:
+    records.RecordError: a record is invalid, or fewer than `min_records` records are left
+      once prompts longer than prompt_len are dropped (an endless stream of a source that
+      keeps nothing would never yield a batch).
   """
   if kind not in _EXAMPLES:
     raise ValueError(f'unknown record kind {kind!r}, expected one of {records.KINDS}')
@@ -277,7 +350,15 @@ def make_dataset(kind: str, source: Any, tokenizer: Tokenizer, *, batch_size: in
     raise ValueError(f'prompt_len={prompt_len} must be in (0, seq_len={seq_len}]')
   shard_index = jax.process_index() if shard_index is None else shard_index
   shard_count = jax.process_count() if shard_count is None else shard_count
-  ds = _ordered_records(source, kind, seed=seed, shuffle=shuffle, block=batch_size,
+  path = source if isinstance(source, (str, os.PathLike)) else None
+  if path is not None:
+    source = records.read_records(path, kind)
+  if kind != 'text':  # text is cut to length, never dropped
+    if min_records is None:
+      min_records = batch_size * shard_count if shuffle else 1
+    _check_filtered(kind, source, path, tokenizer, prompt_len=prompt_len, add_bos=add_bos,
+                    min_records=min_records)
+  ds = _ordered_records(source, seed=seed, shuffle=shuffle, block=batch_size,
                         shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs)
   example = functools.partial(_EXAMPLES[kind], tokenizer=tokenizer, seq_len=seq_len,
                               prompt_len=prompt_len, add_bos=add_bos, pack=pack, k_max=k_max,

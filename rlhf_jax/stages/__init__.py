@@ -4,20 +4,33 @@ Each stage reads named folders of the workdir and writes its own folder, which c
 once it holds `summary.json`. Running a stage first runs (with the same geometry, workdir and seed)
 every stage it needs whose folder is not complete, so the main command works on a fresh machine.
 """
+import contextlib
+import fcntl
 import importlib
+import os
 import pathlib
 import shutil
+import socket
 import time
 
+import jax
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 
 from rlhf_jax import checkpoint, config_lib, loop
-from rlhf_jax.data import records
+from rlhf_jax.data import pipeline, records
 from rlhf_jax.models import hf
 
+
+class WorkdirError(RuntimeError):
+  """The workdir is not in a state a stage can run in: another run holds the stage's folder, or
+  a file the stage would replace is not its own. The message is one line."""
+
+
 # Failures of a run that are the input's fault: main prints them as one line and exits 1.
-STAGE_ERRORS = (loop.NonFiniteLoss, checkpoint.CheckpointMismatch, records.RecordError,
-                hf.HFError, FileNotFoundError)
+STAGE_ERRORS = (loop.NonFiniteLoss, checkpoint.CheckpointMismatch, checkpoint.CheckpointCorrupt,
+                records.RecordError, hf.HFError, FileNotFoundError, WorkdirError)
 
 # stage -> stages whose outputs it reads. Listed in pipeline order.
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -135,20 +148,141 @@ def run(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path = 'con
 
 
 def _run_stage(config: ml_collections.ConfigDict, force: bool) -> dict:
-  """Runs `config.stage` itself unless complete (or forced); writes and returns its summary."""
+  """Runs `config.stage` itself unless complete (or forced); writes and returns its summary.
+
+  The stage's folder is locked for the run (`_stage_lock`); a forced run sets the old output
+  aside until it starts (`_forced`). The summary lists the records the stage's datasets dropped
+  ('data_dropped', only when some were).
+  """
   stage = config.stage
-  done = summary(config.workdir, stage)
-  if done is not None and not force:
-    print(f'[{stage}] already complete in {stage_dir(config.workdir, stage)}', flush=True)
-    return done
-  if force and stage_dir(config.workdir, stage).exists():
-    shutil.rmtree(stage_dir(config.workdir, stage))  # forced: start over, not resume
-  start = time.time()
-  module, function = RUNNERS[stage].split(':')
-  runner = getattr(importlib.import_module(f'rlhf_jax.stages.{module}'), function)
-  result = runner(config, stage_dir(config.workdir, stage))
+  folder = stage_dir(config.workdir, stage)
+  with _stage_lock(folder):
+    _restore_set_aside(folder)
+    done = summary(config.workdir, stage)
+    if done is not None and not force:
+      print(f'[{stage}] already complete in {folder}', flush=True)
+      return done
+    start = time.time()
+    module, function = RUNNERS[stage].split(':')
+    runner = getattr(importlib.import_module(f'rlhf_jax.stages.{module}'), function)
+    with _forced(folder, force and stage not in SHARED_FOLDERS):
+      with pipeline.collecting_drops() as dropped:
+        result = runner(config, folder)
+    return _finish(config, folder, result, start, dropped)
+
+
+def _finish(config: ml_collections.ConfigDict, folder: pathlib.Path, result: dict, start: float,
+            dropped: list[dict]) -> dict:
+  """Completes the summary of `config.stage`, writes it (marking the stage done), returns it."""
+  stage = config.stage
   result = dict(result, stage=stage, seconds=round(time.time() - start, 1))
+  if dropped:
+    result['data_dropped'] = dropped
   if 'model' in config:  # later stages rebuild this stage's geometry from its summary
     result['model'] = config.model.to_dict()
-  checkpoint.write_summary(str(stage_dir(config.workdir, stage)), result)
+  checkpoint.write_summary(str(folder), result)
   return result
+
+
+# Stages whose folder may also hold a user's files (data beside the world's): a forced run
+# rewrites its own files in place rather than setting the folder aside.
+SHARED_FOLDERS = ('world',)
+
+
+def _on_all_processes(action) -> None:
+  """Runs a file operation on process 0 only (the workdir is shared) and waits for it."""
+  if jax.process_index() == 0:
+    action()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'stages: {action.__name__}')
+
+
+def _set_aside_path(folder: pathlib.Path) -> pathlib.Path:
+  return folder.with_name(f'.{folder.name}.replaced')
+
+
+@contextlib.contextmanager
+def _stage_lock(folder: pathlib.Path):
+  """Holds an exclusive lock on `folder` for this run, in the sibling file `.<name>.lock`.
+
+  Process 0 takes the lock for all processes of a run (they share the workdir); the kernel
+  drops it when the process ends, however it ends.
+
+  Raises:
+    WorkdirError: another process holds it; the message names that process.
+  """
+  holder, lock = None, None
+  if jax.process_index() == 0:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(folder.with_name(f'.{folder.name}.lock'), 'a+')
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      lock.seek(0)
+      holder = lock.read().strip() or 'another process'
+      lock.close()
+    else:
+      lock.truncate(0)
+      lock.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+      lock.flush()
+  if jax.process_count() > 1:
+    busy = multihost_utils.broadcast_one_to_all(np.int32(holder is not None))
+    holder = holder or ('another process (seen by process 0)' if busy else None)
+  if holder is not None:
+    raise WorkdirError(f'{folder}: in use by {holder}; wait for that run to end or stop it')
+  try:
+    yield
+  finally:
+    if lock is not None:
+      lock.close()
+
+
+def _restore_set_aside(folder: pathlib.Path) -> None:
+  """Puts back the output a forced run set aside and never replaced (it ended before it
+  started: killed, or its inputs failed), dropping whatever that run left."""
+  aside = _set_aside_path(folder)
+  if not aside.exists():
+    return
+  print(f'[stages] {folder}: restoring the output a forced run set aside before it ended',
+        flush=True)
+
+  def restore():
+    shutil.rmtree(folder, ignore_errors=True)
+    aside.rename(folder)
+  _on_all_processes(restore)
+
+
+@contextlib.contextmanager
+def _forced(folder: pathlib.Path, force: bool):
+  """A forced run starts over, but the old output is only removed once the new run starts.
+
+  The old folder is moved aside (`.<name>.replaced`); when a training loop in `folder` has built
+  its state (`loop.when_started`), or the runner returns, it is deleted. If the runner fails
+  before that, its partial folder is dropped and the old output put back.
+  """
+  if not force or not folder.exists():
+    yield
+    return
+  aside = _set_aside_path(folder)
+  started = False
+
+  def set_aside():
+    folder.rename(aside)
+
+  def remove_old():
+    shutil.rmtree(aside)
+
+  def start():
+    nonlocal started
+    if not started:
+      started = True
+      _on_all_processes(remove_old)
+  _on_all_processes(set_aside)
+  try:
+    with loop.when_started(str(folder), start):
+      yield
+  except BaseException:
+    if not started:
+      _restore_set_aside(folder)
+    raise
+  start()

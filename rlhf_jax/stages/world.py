@@ -6,7 +6,12 @@ import shutil
 import ml_collections
 
 from rlhf_jax.data import records, tokenizers
+from rlhf_jax.stages import WorkdirError
 from rlhf_jax.world import build
+
+# Written into <workdir>/data before anything else: files there with the world's names are then
+# the world's own, which a later attempt replaces. The folder may hold a user's files too.
+MARKER = '.written_by_world'
 
 def paths(data_dir: pathlib.Path) -> dict[str, pathlib.Path]:
   """Every file the world writes, by role (the other stages read them through this)."""
@@ -32,11 +37,30 @@ def paths(data_dir: pathlib.Path) -> dict[str, pathlib.Path]:
   return {role: data_dir / name for role, name in files.items()}
 
 
+def _remove_own_files(data_dir: pathlib.Path) -> None:
+  """Removes the world's summary and files from `data_dir`, and nothing else.
+
+  Raises:
+    WorkdirError: a file has one of the world's names but the world never wrote there.
+  """
+  summary = data_dir / 'summary.json'
+  present = [path for path in paths(data_dir).values() if path.exists()]
+  if present and not (summary.exists() or (data_dir / MARKER).exists()):
+    raise WorkdirError(f'{present[0]}: the world stage writes a file of this name but did not '
+                       f'write this one; move it out of {data_dir}')
+  summary.unlink(missing_ok=True)  # first: a crash below leaves the world incomplete
+  for path in present:
+    if path.is_dir():
+      shutil.rmtree(path)
+    else:
+      path.unlink()
+
+
 def run(config: ml_collections.ConfigDict, data_dir: pathlib.Path) -> dict:
   """Builds the world from (seed, scale) and writes it; identical files for identical inputs."""
-  if data_dir.exists():
-    shutil.rmtree(data_dir)  # an incomplete earlier attempt (no summary.json)
-  data_dir.mkdir(parents=True)
+  _remove_own_files(data_dir)  # an earlier attempt's, or a forced rerun's old world
+  data_dir.mkdir(parents=True, exist_ok=True)
+  (data_dir / MARKER).touch()
   p = paths(data_dir)
   print(f'[world] building InstructGPT-mini (seed {config.seed}, scale '
         f'{config.data.world_scale}) in {data_dir}', flush=True)
