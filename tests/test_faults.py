@@ -55,6 +55,8 @@ def test_dataset_with_every_prompt_too_long_is_a_one_line_error(tiny_workdir):
   with pytest.raises(records.RecordError, match='3 of 8 prompts records left.*batch needs 4'):
     pipeline.make_dataset('prompts', some, tok, batch_size=4, seq_len=64)
   assert next(iter(pipeline.make_dataset('prompts', some, tok, batch_size=2, seq_len=64)))
+  # A source small from the start (nothing dropped) repeats as before.
+  assert next(iter(pipeline.make_dataset('prompts', some[5:], tok, batch_size=4, seq_len=64)))
 
 
 def test_stage_reports_dropped_records_and_stops_when_none_are_left(tiny_workdir, tmp_path):

@@ -226,7 +226,9 @@ def _check_filtered(kind: str, source: Any, path: Any, tokenizer: Tokenizer, *, 
             f'{report["kept"]} left', flush=True)
     if report['dropped'] and _drops is not None and path is not None:
       _drops[key] = report
-  if report['kept'] < min_records:
+  # A source that was small to begin with is the user's choice; one the filter shrank below
+  # what the stream needs is a mistake (too short a prompt_len).
+  if report['kept'] < (min_records if report['dropped'] else 1):
     why = ', '.join(f'{n} {reason}' for reason, n in report['dropped'].items()) or 'none dropped'
     need = 'nothing to read' if min_records == 1 else f'a batch needs {min_records}'
     raise records.RecordError(
@@ -329,9 +331,9 @@ def make_dataset(kind: str, source: Any, tokenizer: Tokenizer, *, batch_size: in
     k_max: rankings: K is padded to k_max; a record with more completions raises ValueError.
     loss_on_prompt: demonstrations: also train on prompt tokens.
     add_bos: start every sequence (each document, prompt) with bos_id.
-    min_records: the fewest records that must survive the prompt-length filter (not for text);
-      default one global batch (batch_size * shard_count) when shuffling, as for training,
-      else 1.
+    min_records: the fewest records that must be left when the prompt-length filter drops
+      some (not for text); default one global batch (batch_size * shard_count) when
+      shuffling, as for training, else 1.
     read_options: grain's threading / prefetch options for tokenization.
 
   Returns:
@@ -339,8 +341,8 @@ def make_dataset(kind: str, source: Any, tokenizer: Tokenizer, *, batch_size: in
     checkpointable iterator (get_state / set_state).
 
   Raises:
-    records.RecordError: a record is invalid, or fewer than `min_records` records are left
-      once prompts longer than prompt_len are dropped (an endless stream of a source that
+    records.RecordError: a record is invalid, or dropping prompts longer than prompt_len
+      leaves none or fewer than `min_records` records (an endless stream of a source that
       keeps nothing would never yield a batch).
   """
   if kind not in _EXAMPLES:
