@@ -197,6 +197,14 @@ def _on_all_processes(action) -> None:
     multihost_utils.sync_global_devices(f'stages: {action.__name__}')
 
 
+def _as_process_0_sees(flag: bool) -> bool:
+  """`flag` as computed on process 0, on every process: the others may look at the workdir
+  while process 0 is changing it, and all must take the same branch to the same barriers."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
 def _set_aside_path(folder: pathlib.Path) -> pathlib.Path:
   return folder.with_name(f'.{folder.name}.replaced')
 
@@ -241,7 +249,7 @@ def _restore_set_aside(folder: pathlib.Path) -> None:
   """Puts back the output a forced run set aside and never replaced (it ended before it
   started: killed, or its inputs failed), dropping whatever that run left."""
   aside = _set_aside_path(folder)
-  if not aside.exists():
+  if not _as_process_0_sees(aside.exists()):
     return
   print(f'[stages] {folder}: restoring the output a forced run set aside before it ended',
         flush=True)
@@ -260,7 +268,7 @@ def _forced(folder: pathlib.Path, force: bool):
   its state (`loop.when_started`), or the runner returns, it is deleted. If the runner fails
   before that, its partial folder is dropped and the old output put back.
   """
-  if not force or not folder.exists():
+  if not force or not _as_process_0_sees(folder.exists()):
     yield
     return
   aside = _set_aside_path(folder)
