@@ -50,6 +50,7 @@ def test_label_cli_uses_train_and_heldout_labelers(tiny_workdir):
     assert all(r['labeler'].startswith(prefix) for r in recs)
     assert all(4 <= len(r['completions']) <= 9 for r in recs)
     assert 0 <= summary[name]['tie_share'] < 0.5
+    assert 0 <= summary[name]['oracle_accuracy'] <= 1  # an RM's ceiling, recorded per file
   assert summary['source'] == 'simulated'
 
 

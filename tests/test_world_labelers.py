@@ -86,3 +86,19 @@ def test_likert_and_metadata(samples):
   assert all(1 <= s <= 7 for s in demo_scores + toxic_scores)
   assert np.mean(demo_scores) > np.mean(toxic_scores) + 0.5
   assert 0.85 <= np.mean(agree) < 1.0  # Flags are reported with a small error rate.
+
+
+def test_oracle_accuracy_is_one_on_gold_order_and_zero_reversed():
+  rng = random.Random(5)
+  pool = labelers.make_pool(seed=2, n=10)
+  rankings = []
+  for name in sorted(tasks.FAMILIES)[:6]:
+    prompt = tasks.sample_prompt(name, rng)
+    demo = tasks.demonstrate(prompt, rng)
+    completions = [demo, '', 'the the the', demo + ' ' + demo]
+    gold = [labelers.gold_utility(pool, prompt, c) for c in completions]
+    rankings.append({'prompt': prompt, 'completions': completions,
+                     'ranks': labelers.ranks_from_utilities(gold, tie_eps=0.0)})
+  assert labelers.oracle_accuracy(pool, rankings) == 1.0
+  reversed_ranks = [dict(r, ranks=[max(r['ranks']) - k for k in r['ranks']]) for r in rankings]
+  assert labelers.oracle_accuracy(pool, reversed_ranks) == 0.0

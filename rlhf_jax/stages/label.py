@@ -105,6 +105,8 @@ def run(config: ml_collections.ConfigDict, labels_dir: pathlib.Path) -> dict:
     rankings, dropped = _imported(config)
   else:
     rankings, dropped = _simulated(config, config.workdir)
+    card = json.loads(common.data_paths(config)['card'].read_text())
+    pools = labeler_pools(config.seed, card['labelers']['train'])
   if labels_dir.exists():
     shutil.rmtree(labels_dir)  # an incomplete earlier attempt (no summary.json)
   summary = {'source': source}
@@ -117,9 +119,15 @@ def run(config: ml_collections.ConfigDict, labels_dir: pathlib.Path) -> dict:
         'labelers': len({r['labeler'] for r in recs}), 'tie_share': round(_tie_share(recs), 4),
         'k_histogram': dict(sorted(collections.Counter(
             str(len(r['completions'])) for r in recs).items()))}
+    if source == 'simulated':  # the ceiling a reward model can reach on these rankings
+      summary[name]['oracle_accuracy'] = round(labelers.oracle_accuracy(pools['train'], recs), 4)
   if 'train' not in summary:
     raise records.RecordError('file', 'no training rankings left to write',
                               paths(labels_dir)['train'])
   print(f'[label] {source} rankings: ' + ', '.join(
       f'{name} {summary[name]["prompts"]}' for name in rankings if name in summary), flush=True)
+  if source == 'simulated':
+    print('[label] oracle accuracy (noise-free mean utility of the training pool; an RM\'s '
+          'ceiling): ' + ', '.join(f'{name} {summary[name]["oracle_accuracy"]:.3f}'
+                                   for name in rankings if name in summary), flush=True)
   return summary

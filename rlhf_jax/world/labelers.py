@@ -145,3 +145,28 @@ def measure_agreement(pool: list[Labeler], samples: list[tuple[str, list[str]]],
           agree += int(da == db)
           total += 1
   return agree / max(total, 1)
+
+
+def gold_utility(pool: list[Labeler], prompt: str, completion: str) -> float:
+  """The pool's mean expected utility of `completion`: its mean weights on the judgment
+  features, without the per-judgment noise (the "gold" score of Gao et al. 2022, which the
+  world knows exactly)."""
+  weights = np.mean([labeler.weights for labeler in pool], axis=0)
+  return float(weights @ tasks.judge(prompt, completion).features())
+
+
+def oracle_accuracy(pool: list[Labeler], rankings: list[dict]) -> float:
+  """How often `gold_utility` orders a ranked pair as the ranking does (ties in the ranking are
+  dropped, as in RM training; equal gold utilities count half): the best pairwise accuracy a
+  reward model that knows no labeler could expect on these rankings."""
+  right = pairs = 0.0
+  for record in rankings:
+    gold = [gold_utility(pool, record['prompt'], c) for c in record['completions']]
+    ranks = record['ranks']
+    for i in range(len(gold)):
+      for j in range(i + 1, len(gold)):
+        if ranks[i] == ranks[j]:
+          continue
+        pairs += 1
+        right += 0.5 if gold[i] == gold[j] else float((gold[i] > gold[j]) == (ranks[i] < ranks[j]))
+  return right / max(pairs, 1.0)
