@@ -8,7 +8,6 @@ never asked, and `.ci/setup_browser.sh` (run by the README's test command) insta
 """
 import io
 import json
-import os
 import shutil
 import signal
 import socket
@@ -85,7 +84,7 @@ def _label_current(driver, likerts, flags_keys, positions):
   """Rates, flags and ranks the open prompt with keys only, then submits."""
   cards = driver.find_elements(By.CSS_SELECTOR, '#cards .card')
   assert len(cards) == len(likerts) == len(positions)
-  for i, (likert, keys) in enumerate(zip(likerts, flags_keys)):
+  for likert, keys in zip(likerts, flags_keys):
     _keys(driver, *keys, str(likert), 'j')
   _keys(driver, Keys.ENTER)
   _wait(driver, lambda d: 'Step 2' in _text(d, 'step'))
@@ -180,8 +179,10 @@ def test_keyboard_labeling_with_ties_and_a_restart_trains_the_rm(tiny_workdir, t
   config = stage_config('label', workdir)
   config.data.rankings = str(out / 'rankings.jsonl')
   assert stages.run(config)['source'] == 'human'
-  summary = stages.run(stage_config('rm', workdir, total_steps=1, batch_size=8, log_every=1,
-                                    eval_every=0))
+  # Three rankings leave two for training: a batch of 2, split over a data axis of 2.
+  config = stage_config('rm', workdir, total_steps=1, batch_size=2, log_every=1, eval_every=0)
+  config.mesh.data, config.mesh.tensor = 2, -1
+  summary = stages.run(config)
   assert summary['steps'] == 1 and np.isfinite(summary['train_loss'])
 
 

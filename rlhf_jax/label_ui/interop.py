@@ -65,8 +65,9 @@ def to_argilla(record: dict) -> dict:
   names = _names(len(record['completions']))
   out = {'fields': {'prompt': record['prompt'], **dict(zip(names, record['completions']))}}
   if 'ranks' in record:
-    out['responses'] = [{'user_id': record['labeler'], 'status': 'submitted', 'values': {
-        QUESTION: {'value': [{'value': n, 'rank': r + 1} for n, r in zip(names, record['ranks'])]}}}]
+    ranking = [{'value': n, 'rank': r + 1} for n, r in zip(names, record['ranks'])]
+    out['responses'] = [{'user_id': record['labeler'], 'status': 'submitted',
+                         'values': {QUESTION: {'value': ranking}}}]
   return out
 
 

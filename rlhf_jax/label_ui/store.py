@@ -90,7 +90,8 @@ class Session:
     rankings, metadata = tasks_lib.output_records(self.tasks, self.state)
     if rankings:
       records.write_records(self.out / RANKINGS, 'rankings', rankings)
-      write_atomic(self.out / METADATA, [json.dumps(m, ensure_ascii=False) + '\n' for m in metadata])
+      write_atomic(self.out / METADATA,
+                   [json.dumps(m, ensure_ascii=False) + '\n' for m in metadata])
     else:  # readers reject empty files: no labels, no files
       for name in (RANKINGS, METADATA):
         (self.out / name).unlink(missing_ok=True)

@@ -253,7 +253,9 @@ function onKey(e) {
   if (key === 'j' || key === 'ArrowDown') page.cur = Math.min(k - 1, page.cur + 1);
   else if (key === 'k' || key === 'ArrowUp') page.cur = Math.max(0, page.cur - 1);
   else if (/^[1-9]$/.test(key) && Number(key) <= top) values[page.cur] = Number(key);
-  else if (key === '+' || key === '=') values[page.cur] = Math.min(top, (values[page.cur] || 0) + 1);
+  else if (key === '+' || key === '=') {
+    values[page.cur] = Math.min(top, (values[page.cur] || 0) + 1);
+  }
   else if (key === '-') values[page.cur] = Math.max(1, (values[page.cur] || 2) - 1);
   else if (rate && FLAG_KEYS[key]) {
     const name = FLAG_KEYS[key];
