@@ -48,7 +48,8 @@ def test_dataset_with_every_prompt_too_long_is_a_one_line_error(tiny_workdir):
       'rankings': [{'prompt': LONG_PROMPT, 'completions': ['a', 'b'], 'ranks': [0, 1]}] * 8,
       'prompts': [{'prompt': LONG_PROMPT, 'customer': 'c', 'category': 'qa'}] * 8}
   for kind, source in sources.items():
-    with pytest.raises(records.RecordError, match=r'^prompt: 0 of 8 .* left \(8 prompt longer than '):
+    with pytest.raises(records.RecordError,
+                       match=r'^prompt: 0 of 8 .* left \(8 prompt longer than '):
       pipeline.make_dataset(kind, source, tok, batch_size=4, seq_len=64)
   # Fewer left than one batch: a training stream would repeat the few survivors in every batch.
   some = sources['prompts'][:5] + [{'prompt': 'hi', 'customer': 'c', 'category': 'qa'}] * 3
