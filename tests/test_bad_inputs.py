@@ -122,7 +122,7 @@ def test_convert_on_a_full_disk_leaves_nothing(hh_file, tmp_path):
   dest = tmp_path / 'out' / 'rankings.jsonl'
   result = subprocess.run([sys.executable, '-m', 'rlhf_jax.data', 'convert', '--format=hh-rlhf',
                            str(hh_file), str(dest)], capture_output=True, text=True, cwd=REPO,
-                          timeout=300, check=False, preexec_fn=_small_files)
+                          timeout=600, check=False, preexec_fn=_small_files)
   assert result.returncode == 1
   assert _one_line(result.stderr) == f'{dest}: file: cannot write: File too large'
   assert not os.listdir(dest.parent)

@@ -240,7 +240,10 @@ def export_hf(params: Any, config: ModelConfig, out_dir: str | os.PathLike, *, h
                       '(%g) to their scores', out_dir, score_bias)
       hf_config.score_bias = score_bias
     hf_config.save_pretrained(tmp)
-    save_file(tensors, os.path.join(tmp, 'model.safetensors'), metadata={'format': 'pt'})
+    weights = os.path.join(tmp, 'model.safetensors')
+    save_file(tensors, weights, metadata={'format': 'pt'})
+    # safetensors creates its file private (0600); give it the mode the umask gives the others.
+    os.chmod(weights, os.stat(tmp).st_mode & 0o666)
     if os.path.exists(out_dir):
       os.rmdir(out_dir)
     os.rename(tmp, out_dir)
