@@ -41,6 +41,12 @@ def _one_line(stderr: str) -> str:
   return lines[0]
 
 
+def _error_line(stderr: str) -> str:
+  """The error of a `rlhf_jax.main` run: its last line (libraries may warn before it)."""
+  assert 'Traceback' not in stderr, stderr
+  return stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize('name', BAD_JSON)
 def test_bad_json_in_check_and_convert(name, tmp_path):
   path = str(CORPUS / name)
@@ -75,8 +81,7 @@ def test_bad_json_in_a_stage(name, tokenizer_dir, tmp_path):
                  f'--config.data.tokenizer={tokenizer_dir}', f'--config.data.pretrain={path}',
                  f'--config.data.pretrain_valid={path}', '--config.total_steps=2')
   assert result.returncode == 1
-  line = result.stderr.strip().splitlines()[-1]
-  assert 'Traceback' not in result.stderr and line.startswith(f'error: {path}{EXPECTED[name]}')
+  assert _error_line(result.stderr).startswith(f'error: {path}{EXPECTED[name]}')
   assert not (tmp_path / 'run' / 'pretrain' / 'summary.json').exists()
 
 
@@ -146,17 +151,17 @@ def test_config_values_that_cannot_run(field, value, message):
 def test_command_line_errors_are_one_line(tmp_path):
   result = _main('--config=configs/no_such_stage.py', '--dry_run')
   assert result.returncode == 2
-  assert _one_line(result.stderr) == ("error: [Errno 2] No such file or directory: "
+  assert _error_line(result.stderr) == ("error: [Errno 2] No such file or directory: "
                                       "'configs/no_such_stage.py'")
   result = _main('--config=configs/sft.py', '--config.batch_sise=3', '--dry_run')
   assert result.returncode == 2
-  assert _one_line(result.stderr) == ('error: the config has no field \'batch_sise\'; Did you '
+  assert _error_line(result.stderr) == ('error: the config has no field \'batch_sise\'; Did you '
                                       'mean "batch_size" instead of "batch_sise"?')
   # A workdir that cannot be created (read-only, or under a file as here).
   (tmp_path / 'file').write_text('')
   result = _main('--config=configs/world.py', f'--workdir={tmp_path / "file" / "run"}')
   assert result.returncode == 1
-  assert 'Not a directory' in _one_line(result.stderr)
+  assert 'Not a directory' in _error_line(result.stderr)
 
 
 def _gpt2_folder(path, **changes):
