@@ -152,11 +152,11 @@ def test_command_line_errors_are_one_line(tmp_path):
   result = _main('--config=configs/no_such_stage.py', '--dry_run')
   assert result.returncode == 2
   assert _error_line(result.stderr) == ("error: [Errno 2] No such file or directory: "
-                                      "'configs/no_such_stage.py'")
+                                        "'configs/no_such_stage.py'")
   result = _main('--config=configs/sft.py', '--config.batch_sise=3', '--dry_run')
   assert result.returncode == 2
-  assert _error_line(result.stderr) == ('error: the config has no field \'batch_sise\'; Did you '
-                                      'mean "batch_size" instead of "batch_sise"?')
+  assert _error_line(result.stderr) == ('error: the config has no field \'batch_sise\'; Did '
+                                        'you mean "batch_size" instead of "batch_sise"?')
   # A workdir that cannot be created (read-only, or under a file as here).
   (tmp_path / 'file').write_text('')
   result = _main('--config=configs/world.py', f'--workdir={tmp_path / "file" / "run"}')
