@@ -76,7 +76,7 @@ def toy_run(stage_dir, total_steps, *, log_every=2, checkpoint_every=5, nan_batc
       abstract_state=checkpoint.with_shardings(jax.eval_shape(init), state_shardings),
       data=data or toy_dataset(nan_batch), stage_dir=str(stage_dir), base_rng=jax.random.key(0),
       schedule=loop.Schedule(total_steps, log_every=log_every, checkpoint_every=checkpoint_every,
-                             divergence=divergence),
+                             **({'divergence': divergence} if divergence else {})),
       fingerprint=fingerprint, batch_shardings=batch_shardings, loss_key='toy/loss')
 
 
