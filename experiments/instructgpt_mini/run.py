@@ -93,7 +93,7 @@ def rm_accuracy(rm: dict) -> str:
 
 def best_of_n(ppo: dict) -> str:
   rows = ['| n | KL | win rate vs SFT | Likert | RM score |', '|---|---|---|---|---|']
-  for n, r in ppo.get('best_of_n', {}).items():
+  for n, r in sorted(ppo.get('best_of_n', {}).items(), key=lambda item: int(item[0])):
     rows.append(f'| {n} | {r["kl"]:.2f} | {r["win_rate_vs_sft"]:.3f} | {r["likert"]:.2f} | '
                 f'{r["rm_score"]:.3f} |')
   return '\n'.join(rows)
