@@ -98,7 +98,7 @@ def load_policy(config: ml_collections.ConfigDict, stage: str, mesh) -> tuple[Mo
   return model, params
 
 
-def _left_pad(rows: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def left_pad(rows: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   """[N, length] tokens and mask, rows right-aligned; a longer row keeps its last `length` ids."""
   tokens = np.full((len(rows), length), pad_id, np.int32)
   for i, ids in enumerate(rows):
@@ -120,7 +120,7 @@ def generate(params, model: ModelConfig, prompts: list[str], tok, config, rows,
   """Sampled responses (text, EOS and after dropped) to `prompts`, the same key for every policy,
   so policies are compared on common random numbers."""
   ids = [[tok.bos_id] + tok.encode(p) for p in prompts]
-  tokens, mask = _left_pad(ids, prompt_len, tok.pad_id)
+  tokens, mask = left_pad(ids, prompt_len, tok.pad_id)
   key = jax.random.key(config.seed)
   texts = []
   for b, (idx, n_real) in enumerate(_batches(len(prompts), config.batch_size)):

@@ -28,6 +28,7 @@ from rlhf_jax import evaluation, experience, rm, sampling, sharding
 from rlhf_jax.data import records
 from rlhf_jax.models import ModelConfig, ScalarModel
 from rlhf_jax.stages import common
+from rlhf_jax.stages import eval as eval_stage
 from rlhf_jax.world import build, labelers
 
 # Best-of-n sizes reported by the check (KL to the sampling policy: log n - (n - 1) / n).
@@ -65,15 +66,12 @@ def validation_set(config: ml_collections.ConfigDict, tok) -> ValidationSet:
   if not chosen:
     raise records.RecordError('file', f'no PPO validation prompt fits prompt_len={prompt_len}',
                               paths['prompts_ppo_valid'])
-  ids = [[tok.bos_id] + tok.encode(r['prompt']) for r in chosen]
-  tokens = np.full((len(ids), prompt_len), tok.pad_id, np.int32)
-  for i, row in enumerate(ids):
-    tokens[i, prompt_len - len(row):] = row
+  tokens, mask = eval_stage.left_pad([[tok.bos_id] + tok.encode(r['prompt']) for r in chosen],
+                                     prompt_len, tok.pad_id)
   card = json.loads(paths['card'].read_text())
   pool = build.labeler_pool(card['seed'], 'train', card['labelers']['train'])
   return ValidationSet(prompts=[r['prompt'] for r in chosen],
-                       categories=[r['category'] for r in chosen], tokens=tokens,
-                       mask=tokens != tok.pad_id,
+                       categories=[r['category'] for r in chosen], tokens=tokens, mask=mask,
                        judges=evaluation.assign_labelers(pool, len(chosen), config.seed))
 
 
