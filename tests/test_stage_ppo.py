@@ -168,8 +168,12 @@ def test_validation_selects_an_iteration_and_eval_loads_it(inputs, tmp_path):
   likerts = [p['valid/likert'] for p in curve]
   assert summary['checkpoint_step'] == curve[int(np.argmax(likerts))]['iteration']
   assert summary['selected_value'] == max(likerts)
-  assert sorted(summary['best_of_n']) == ['1', '2']
-  assert summary['best_of_n']['2']['kl'] == pytest.approx(np.log(2) - 0.5)
+  assert sorted(summary['best_of_n']) == ['gold', 'rm']
+  for by_n in summary['best_of_n'].values():
+    assert sorted(by_n) == ['1', '2']
+    assert by_n['2']['kl'] == pytest.approx(np.log(2) - 0.5)
+  # The gold score's pick is never worse by the gold score than the RM's.
+  assert summary['best_of_n']['gold']['2']['gold'] >= summary['best_of_n']['rm']['2']['gold']
 
   eval_config = config_lib.load_config(f'{REPO}/configs/eval.py')
   eval_config.workdir, eval_config.data.world_scale = config.workdir, WORLD_SCALE

@@ -47,7 +47,7 @@ def test_best_of_n_picks_the_rm_favourite_and_judges_it():
   vset = validation.ValidationSet(
       prompts=texts, categories=[tasks.parse(p)[0].name for p in texts],
       tokens=np.zeros((40, 4), np.int32), mask=np.ones((40, 4), bool),
-      judges=[pool[i % len(pool)] for i in range(40)])
+      judges=[pool[i % len(pool)] for i in range(40)], pool=pool)
   empty = validation.Responses([''] * 40, np.zeros(40), np.zeros(40))
   ideal = validation.Responses(demos, np.ones(40), np.zeros(40))
   result = validation.best_of_n([empty, ideal], vset, baseline=[''] * 40)
@@ -55,4 +55,10 @@ def test_best_of_n_picks_the_rm_favourite_and_judges_it():
   assert result['1']['win_rate_vs_sft'] == 0.5 and result['1']['rm_score'] == 0.0
   assert result['2']['rm_score'] == 1.0 and result['2']['win_rate_vs_sft'] > 0.9
   assert result['2']['likert'] > result['1']['likert']
+  assert result['2']['gold'] > result['1']['gold']
   assert result['2']['kl'] == pytest.approx(validation.best_of_n_kl(2))
+  # An RM that prefers the empty answers picks them; the gold score still picks the ideal ones.
+  wrong = validation.Responses(demos, -np.ones(40), np.zeros(40))
+  assert validation.best_of_n([empty, wrong], vset, [''] * 40)['2']['win_rate_vs_sft'] == 0.5
+  by_gold = validation.best_of_n([empty, wrong], vset, [''] * 40, pick_by='gold')
+  assert by_gold['2'] == {**result['2'], 'rm_score': -1.0}

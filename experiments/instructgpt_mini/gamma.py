@@ -4,11 +4,12 @@
 
 The paper chose gamma = 27.8 as the value that removes PPO's regressions on the public NLP
 evals "with minimal reductions in validation reward". Here, from one workdir's sft_init, rm and
-sft (run the main job first), PPO-ptx is trained once per gamma in <workdir>_gamma/<gamma>, each
-run keeping its iteration of best validation Likert as usual. For each run the script reads,
-at that iteration, the validation reward (mean RM score on the PPO validation prompts) and the
-regression on the pretraining distribution (NLL of the world's validation text, against
-sft_init's at iteration 0). The rule picks, among the gammas whose regression is at most
+sft (run the main job first), PPO-ptx is trained once per gamma in <workdir>_gamma/<gamma>. For
+each run the script reads, at its final iteration (the paper compared gammas at the end of a
+fixed number of episodes; the iteration that selection keeps can be iteration 0 for every
+gamma), the validation reward (mean RM score on the PPO validation prompts) and the regression
+on the pretraining distribution (NLL of the world's validation text, against sft_init's at
+iteration 0). The rule picks, among the gammas whose regression is at most
 TOLERANCE, the one of highest validation reward. Nothing here reads the test prompts, the
 held-out labelers or the eval stage.
 """
@@ -40,12 +41,11 @@ def run_gamma(workdir: pathlib.Path, out: pathlib.Path, gamma: float, seed: int)
 
 
 def point(summary: dict) -> dict:
-  """The selected iteration's validation reward and pretraining regression."""
-  curve = {p['iteration']: p for p in summary['selection_curve']}
-  chosen, start = curve[summary['checkpoint_step']], curve[0]
-  return {'iteration': summary['checkpoint_step'], 'valid_reward': chosen['valid/rm_score'],
-          'likert': chosen['valid/likert'], 'kl': chosen['valid/kl'],
-          'regression': chosen['valid/pretrain_loss'] - start['valid/pretrain_loss']}
+  """The final iteration's validation reward and pretraining regression."""
+  start, final = summary['selection_curve'][0], summary['selection_curve'][-1]
+  return {'iteration': final['iteration'], 'valid_reward': final['valid/rm_score'],
+          'likert': final['valid/likert'], 'gold': final['valid/gold'], 'kl': final['valid/kl'],
+          'regression': final['valid/pretrain_loss'] - start['valid/pretrain_loss']}
 
 
 def choose(points: dict[float, dict], tolerance: float = TOLERANCE) -> float | None:
@@ -66,11 +66,11 @@ def main():
   for gamma in (float(g) for g in args.gammas.split(',')):
     out = workdir.with_name(f'{workdir.name}_gamma') / f'{gamma:g}'
     points[gamma] = point(run_gamma(workdir, out, gamma, args.seed))
-  print('| gamma | iteration | validation reward | Likert | KL | pretraining regression |')
-  print('|---|---|---|---|---|---|')
+  print('| gamma | iteration | validation reward | Likert | gold | KL | pretraining regression |')
+  print('|---|---|---|---|---|---|---|')
   for gamma, p in points.items():
     print(f'| {gamma:g} | {p["iteration"]} | {p["valid_reward"]:.3f} | {p["likert"]:.2f} | '
-          f'{p["kl"]:.2f} | {p["regression"]:+.4f} |')
+          f'{p["gold"]:.3f} | {p["kl"]:.2f} | {p["regression"]:+.4f} |')
   print(f'\nchosen gamma (App. E.6 rule, tolerance {TOLERANCE}): {choose(points)}')
 
 

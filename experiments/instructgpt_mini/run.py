@@ -26,6 +26,8 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rlhf_jax import stages  # noqa: E402
+
 # The 8x base model: twice the layers and twice the width of `tiny` (4 layers, d_model 128).
 LARGE = {'n_layers': 8, 'd_model': 256, 'n_heads': 8, 'd_ff': 1024}
 POLICIES = ('gpt', 'gpt_8x', 'gpt_prompted', 'sft', 'ppo', 'ppo_ptx')
@@ -92,22 +94,37 @@ def rm_accuracy(rm: dict) -> str:
 
 
 def best_of_n(ppo: dict) -> str:
-  rows = ['| n | KL | win rate vs SFT | Likert | RM score |', '|---|---|---|---|---|']
-  for n, r in sorted(ppo.get('best_of_n', {}).items(), key=lambda item: int(item[0])):
-    rows.append(f'| {n} | {r["kl"]:.2f} | {r["win_rate_vs_sft"]:.3f} | {r["likert"]:.2f} | '
-                f'{r["rm_score"]:.3f} |')
+  rows = ['| n | KL | picked by | win rate vs SFT | Likert | RM score | gold |',
+          '|---|---|---|---|---|---|---|']
+  for pick_by, by_n in ppo.get('best_of_n', {}).items():
+    for n, r in sorted(by_n.items(), key=lambda item: int(item[0])):
+      rows.append(f'| {n} | {r["kl"]:.2f} | {pick_by} | {r["win_rate_vs_sft"]:.3f} | '
+                  f'{r["likert"]:.2f} | {r["rm_score"]:.3f} | {r["gold"]:.3f} |')
   return '\n'.join(rows)
 
 
 def selection(ppo: dict) -> str:
-  rows = ['| iteration | Likert | win rate vs SFT | RM score | KL | pretrain NLL |',
-          '|---|---|---|---|---|---|']
+  rows = ['| iteration | Likert | win rate vs SFT | RM score | gold | KL | pretrain NLL |',
+          '|---|---|---|---|---|---|---|']
   for p in ppo.get('selection_curve', []):
     mark = ' (selected)' if p['iteration'] == ppo['checkpoint_step'] else ''
     rows.append(f'| {p["iteration"]}{mark} | {p["valid/likert"]:.3f} | '
                 f'{p["valid/win_rate_vs_sft"]:.3f} | {p["valid/rm_score"]:.3f} | '
-                f'{p["valid/kl"]:.2f} | {p["valid/pretrain_loss"]:.4f} |')
+                f'{p["valid/gold"]:.3f} | {p["valid/kl"]:.2f} | {p["valid/pretrain_loss"]:.4f} |')
   return '\n'.join(rows)
+
+
+MAIN_JOB_STAGES = ('world', 'pretrain', 'sft', 'sample', 'label', 'pretrain_rm', 'sft_rm', 'rm',
+                   'sft_init', 'ppo_ptx', 'eval')
+
+
+def wall_times(workdir: pathlib.Path) -> str:
+  """Each main-job stage's own wall time (summary.json 'seconds'; compilation included)."""
+  seconds = {stage: stages.summary(str(workdir), stage).get('seconds', float('nan'))
+             for stage in MAIN_JOB_STAGES}
+  return ('| ' + ' | '.join(seconds) + ' | total |\n' + '|---' * (len(seconds) + 1) + '|\n| '
+          + ' | '.join(f'{s:.0f}' for s in seconds.values())
+          + f' | {sum(seconds.values()):.0f} |')
 
 
 def main():
@@ -137,7 +154,8 @@ def main():
     print(f'\n## Seed {seed}\n\n{headline(report)}\n\nReward model accuracy:\n\n'
           f'{rm_accuracy(summary(workdir, "rm"))}\n\nBest-of-n of SFT (validation):\n\n'
           f'{best_of_n(ppo)}\n\nPPO-ptx selection curve (validation, EMA policy):\n\n'
-          f'{selection(ppo)}\n\ncurves: {workdir / "eval" / "ppo_curves.png"}', flush=True)
+          f'{selection(ppo)}\n\nWall time per stage (s):\n\n{wall_times(workdir)}\n\n'
+          f'curves: {workdir / "eval" / "ppo_curves.png"}', flush=True)
 
 
 if __name__ == '__main__':

@@ -113,19 +113,22 @@ BEST_OF_N_FILE = 'best_of_n.json'
 
 
 def _best_of_n(config, rollout, vset, sft_params, baseline, key, stage_dir) -> dict:
-  """The best-of-n check (computed once; a resumed run reads it back)."""
+  """The best-of-n check, {'rm': picks by the RM, 'gold': picks by the gold score} (computed
+  once; a resumed run reads it back)."""
   path = stage_dir / BEST_OF_N_FILE
   if path.exists():
     return json.loads(path.read_text())
   samples = [rollout(sft_params, vset, jax.random.fold_in(key, 1 + j))
              for j in range(config.best_of_n)]
-  result = validation.best_of_n(samples, vset, baseline)
+  result = {pick_by: validation.best_of_n(samples, vset, baseline, pick_by)
+            for pick_by in ('rm', 'gold')}
   if jax.process_index() == 0:
     checkpoint.write_json(str(path), result)
-  print(f'[{config.stage}] best-of-n of SFT by the RM against SFT on {len(vset.prompts)} '
-        'validation prompts (training labelers): ' + ', '.join(
-            f'n={n} win {r["win_rate_vs_sft"]:.3f} Likert {r["likert"]:.2f}'
-            for n, r in result.items()), flush=True)
+  for pick_by, label in (('rm', 'the RM'), ('gold', 'the gold score')):
+    print(f'[{config.stage}] best-of-n of SFT by {label} against SFT on {len(vset.prompts)} '
+          'validation prompts (training labelers): ' + ', '.join(
+              f'n={n} win {r["win_rate_vs_sft"]:.3f} Likert {r["likert"]:.2f}'
+              for n, r in result[pick_by].items()), flush=True)
   return result
 
 

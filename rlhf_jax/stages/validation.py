@@ -44,12 +44,18 @@ class ValidationSet:
     categories: [N] their task families.
     tokens, mask: [N, P] bos + prompt, left-padded.
     judges: [N] one training labeler per prompt.
+    pool: the whole training pool, whose noise-free mean utility is the gold score.
   """
   prompts: list[str]
   categories: list[str]
   tokens: np.ndarray
   mask: np.ndarray
   judges: list[labelers.Labeler]
+  pool: list[labelers.Labeler]
+
+  def gold(self, texts: list[str]) -> np.ndarray:
+    """[N] the gold score of one response per prompt (`labelers.gold_utility`)."""
+    return np.array([labelers.gold_utility(self.pool, p, t) for p, t in zip(self.prompts, texts)])
 
 
 def validation_set(config: ml_collections.ConfigDict, tok) -> ValidationSet:
@@ -72,7 +78,8 @@ def validation_set(config: ml_collections.ConfigDict, tok) -> ValidationSet:
   pool = build.labeler_pool(card['seed'], 'train', card['labelers']['train'])
   return ValidationSet(prompts=[r['prompt'] for r in chosen],
                        categories=[r['category'] for r in chosen], tokens=tokens, mask=mask,
-                       judges=evaluation.assign_labelers(pool, len(chosen), config.seed))
+                       judges=evaluation.assign_labelers(pool, len(chosen), config.seed),
+                       pool=pool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,15 +155,17 @@ def judge(vset: ValidationSet, responses: Responses, baseline: list[str],
   """Validation metrics of one policy's responses against the baseline's (SFT's) responses.
 
   Returns:
-    {prefix/likert, /win_rate_vs_sft, /rm_score, /kl, /fails_instruction,
+    {prefix/likert, /win_rate_vs_sft, /rm_score, /gold, /kl, /fails_instruction,
     /constraint_satisfied}: training labelers' mean Likert (App. E.9's selection metric) and
-    win rate (a tie counts half), the mean RM score and sampled KL to the reference.
+    win rate (a tie counts half), the mean RM score, the mean gold score (what the RM
+    approximates; reported, never selected on) and the sampled KL to the reference.
   """
   judged = evaluation.judge_responses(vset.judges, vset.prompts, responses.texts, baseline)
   rates = evaluation.metadata_rates(judged['metadata'], vset.categories)
   return {f'{prefix}/likert': float(np.mean(judged['likerts'])),
           f'{prefix}/win_rate_vs_sft': float(np.mean(judged['outcomes'])),
           f'{prefix}/rm_score': float(np.mean(responses.scores)),
+          f'{prefix}/gold': float(np.mean(vset.gold(responses.texts))),
           f'{prefix}/kl': float(np.mean(responses.kl)),
           f'{prefix}/fails_instruction': rates['fails_instruction_rate'],
           f'{prefix}/constraint_satisfied': rates['constraint_satisfied_rate'] or 0.0}
@@ -167,25 +176,29 @@ def best_of_n_kl(n: int) -> float:
   return math.log(n) - (n - 1) / n
 
 
-def best_of_n(samples: list[Responses], vset: ValidationSet,
-              baseline: list[str]) -> dict[str, dict[str, float]]:
-  """The best-of-n check: for each n in BEST_OF, the RM's pick among the first n samples of
+def best_of_n(samples: list[Responses], vset: ValidationSet, baseline: list[str],
+              pick_by: str = 'rm') -> dict[str, dict[str, float]]:
+  """The best-of-n check: for each n in BEST_OF, the favourite among the first n samples of
   each prompt, judged like a policy against the baseline.
 
   Args:
     samples: n_max independent Responses of the same policy to `vset`.
     vset: the validation prompts and their judges.
     baseline: [N] the baseline's responses (another, independent sample of SFT).
+    pick_by: 'rm' (the reward model's favourite: what PPO can hope for) or 'gold' (the gold
+      score's: what a perfect reward model would allow).
 
   Returns:
-    {str(n): {'kl': analytic KL, 'likert', 'win_rate_vs_sft', 'rm_score', ...}} for each n.
+    {str(n): {'kl': analytic KL, 'likert', 'win_rate_vs_sft', 'rm_score', 'gold', ...}}
+    for each n.
   """
   scores = np.stack([s.scores for s in samples])  # [n_max, N]
+  rank = scores if pick_by == 'rm' else np.stack([vset.gold(s.texts) for s in samples])
   out = {}
   for n in BEST_OF:
     if n > len(samples):
       break
-    pick = np.argmax(scores[:n], axis=0)  # [N]
+    pick = np.argmax(rank[:n], axis=0)  # [N]
     chosen = Responses([samples[k].texts[i] for i, k in enumerate(pick)],
                        scores[pick, np.arange(scores.shape[1])], np.full(len(pick), np.nan))
     metrics = judge(vset, chosen, baseline, prefix='bon')
