@@ -34,7 +34,8 @@ def run_gamma(workdir: pathlib.Path, out: pathlib.Path, gamma: float, seed: int)
       link.symlink_to((workdir / name).resolve(), target_is_directory=True)
   command = [sys.executable, '-m', 'rlhf_jax.main', '--config=configs/ppo_ptx.py',
              f'--workdir={out}', f'--config.seed={seed}', f'--config.ptx_coef={gamma}',
-             '--config.then=()']
+             # The best-of-n check depends on SFT and the RM only: the main job has it.
+             '--config.best_of_n=0', '--config.then=()']
   print('$', ' '.join(command[1:]), flush=True)
   subprocess.run(command, check=True)
   return json.loads((out / 'ppo_ptx' / 'summary.json').read_text())
