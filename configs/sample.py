@@ -2,7 +2,8 @@
 
 Paper: labelers ranked K = 4..9 outputs per prompt, sampled from several models (the pretrained
 base, SFT, RL policies). Here K is drawn per prompt from [k_min, k_max] and the K slots are split
-over `policies` (stage names or checkpoint folders, comma-separated), sampled at temperature 1.
+over `policies` (stage names or checkpoint folders, comma-separated; a PPO stage gives its kept
+EMA policy, as the paper's later comparisons came from RL policies), sampled at temperature 1.
 
 Usage: python -m rlhf_jax.main --config=configs/sample.py --workdir=DIR
 """

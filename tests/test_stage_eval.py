@@ -1,5 +1,5 @@
 """The eval stage on the shared tiny workdir: report shape, skipped policies, SFT vs itself, and
-which PPOState field is evaluated."""
+which PPOState field is evaluated (and sampled by the sample stage)."""
 import json
 
 import jax
@@ -16,6 +16,7 @@ from stage_fixtures import (  # noqa: F401 (tiny_workdir is a fixture)
 from rlhf_jax import checkpoint, config_lib, ppo, stages, state
 from rlhf_jax.stages import common
 from rlhf_jax.stages import eval as eval_stage
+from rlhf_jax.stages import sample as sample_stage
 
 
 def _eval_config(workdir, **overrides):
@@ -43,7 +44,8 @@ def _fake_ppo(workdir, name, policy_from, ema_from):
   saver.save(1, ppo_state)
   saver.wait()
   saver.close()
-  checkpoint.write_summary(str(stage_dir), {'checkpoint_step': 1, 'model': config.model.to_dict()})
+  checkpoint.write_summary(str(stage_dir), {'checkpoint_step': 1, 'model': config.model.to_dict(),
+                                            'stage': 'ppo'})
 
 
 @pytest.fixture(scope='module')
@@ -64,6 +66,16 @@ def test_ppo_params_field_selects_ema_or_raw_policy(workdir):
     expected = eval_stage.load_policy(config, source, common.mesh(config))[1]
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  loaded[name], expected)
+
+
+def test_sample_stage_samples_a_ppo_stage_by_its_ema_policy(workdir):
+  """The sample stage's policies may be RL policies (paper 3.5): a PPO folder gives its EMA."""
+  config = stage_config('sample', workdir)
+  mesh = common.mesh(config)
+  _, params = sample_stage._policy(config, 'ppo', mesh)
+  _, sft = sample_stage._policy(config, 'sft', mesh)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               params, sft)
 
 
 def test_eval_report(workdir):

@@ -87,15 +87,22 @@ def load_policy(config: ml_collections.ConfigDict, stage: str, mesh) -> tuple[Mo
     raise config_lib.ConfigError(
         f'few_shot_prompt_len {config.few_shot_prompt_len} + data.response_len '
         f'{config.data.response_len} exceeds {stage} model.max_len={model.max_len}')
+  return model, policy_params(stage_dir, model, mesh, config.ppo_params)
+
+
+def policy_params(stage_dir: str, model: ModelConfig, mesh, ppo_params: str = 'ema') -> Any:
+  """The policy parameters of a completed stage folder, sharded: an LM stage's 'params'; a PPO
+  stage's (summary 'stage') EMA or raw policy (`ppo_params`), of its kept iteration."""
+  summary = checkpoint.read_summary(stage_dir)
+  if summary is None:
+    raise FileNotFoundError(f'{stage_dir}: stage not complete (no summary.json)')
   field = 'params'
-  if stage in config_lib.PPO_STAGES:
+  if summary.get('stage') in config_lib.PPO_STAGES:
     # A run with validation keeps its selected iteration's EMA and raw policy under 'params'.
-    selected = 'params_from' in checkpoint.read_summary(stage_dir)
-    field = ('params.' if selected else '') + PPO_PARAMS[config.ppo_params]
+    field = ('params.' if 'params_from' in summary else '') + PPO_PARAMS[ppo_params]
   abstract, shardings = common.param_shardings(model, 'lm', mesh)
-  params = checkpoint.load_params(stage_dir, abstract, shardings, field=field,
-                                  fingerprint=checkpoint.fingerprint({'policy': (model, 'lm')}))
-  return model, params
+  return checkpoint.load_params(stage_dir, abstract, shardings, field=field,
+                                fingerprint=checkpoint.fingerprint({'policy': (model, 'lm')}))
 
 
 def left_pad(rows: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

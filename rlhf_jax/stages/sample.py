@@ -1,7 +1,7 @@
 """The sample stage: K completions per RM prompt from a mix of policies (paper section 3.5).
 
 InstructGPT's labelers ranked K = 4..9 outputs per prompt, collected from several models (the
-pretrained base, SFT, and later RL policies). Here each RM prompt (train and validation split)
+pretrained base, SFT, and later RL policies: a PPO stage samples its kept EMA policy). Here each RM prompt (train and validation split)
 gets K drawn from [k_min, k_max] by the seed, its K slots spread over `config.policies` as evenly
 as K allows, and each slot is one temperature-`config.temperature` sample of that policy from
 the KV-cache sampler (one compiled program per policy geometry; fixed batch shapes).
@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 from rlhf_jax import checkpoint, config_lib, metrics, sampling, sharding
 from rlhf_jax.data import pipeline, records
 from rlhf_jax.stages import common
+from rlhf_jax.stages import eval as eval_stage
 
 # split -> world file role. The test prompts' samples are ranked by held-out labelers for the
 # final RM accuracy only (paper §4.1); nothing is chosen on them.
@@ -63,15 +64,16 @@ def _fits(tok, prompt: str, prompt_len: int) -> bool:
 
 
 def _policy(config, name: str, mesh):
-  """(model config, sharded params) of a completed LM stage, in the geometry it trained with
-  (its summary's 'model', else this config's; the checkpoint's fingerprint must match)."""
+  """(model config, sharded params) of a completed LM or PPO stage (its kept EMA policy), in
+  the geometry it trained with (its summary's 'model', else this config's; the checkpoint's
+  fingerprint must match)."""
   folder = common.stage_path(config.workdir, name)
   summary = checkpoint.read_summary(str(folder))
   if summary is None:
     raise FileNotFoundError(f'policy {name!r}: {folder} is not a completed stage')
   model = ml_collections.ConfigDict(summary['model']) if 'model' in summary else config.model
   model_cfg = config_lib.to_model_config(model)
-  return model_cfg, common.load_init_params(name, config.workdir, model_cfg, 'lm', mesh)
+  return model_cfg, eval_stage.policy_params(str(folder), model_cfg, mesh)
 
 
 def generate(config, name: str, prompts: list[str], tok, mesh, rng: jax.Array) -> list[str]:
