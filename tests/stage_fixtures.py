@@ -1,31 +1,47 @@
-"""One tiny workdir shared by the stage tests: world -> pretrain -> sft -> pretrain_rm -> sft_rm
--> sample -> label.
+"""Helpers for tests that run stages: tiny stage configs, the CLI in a subprocess, private copies
+of the shared workdirs (the fixtures themselves are in conftest.py), small PPO configs.
 
-Built once per test session (pytest-xdist workers wait on a file lock for the first to build it),
-at world scale 0.01 with 3-step LM stages and 16 sampled training and validation prompts. Sample and label run
-through the CLI in subprocesses, as a user runs them; their logs are kept as cli_<stage>.log.
-
-Tests never modify it: `copy_workdir(tiny_workdir, dest, stages)` gives a private copy of some
-stage folders. conftest.py registers the `tiny_workdir` fixture for every test module.
+Imported after conftest has set the device flags, so importing jax here is safe.
 """
-import fcntl
-import os
 import pathlib
 import shutil
 import subprocess
 import sys
 
-import pytest
+from rlhf_jax import checkpoint, config_lib
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 WORLD_SCALE = 0.01
 SAMPLED_PROMPTS = 16
-READY = 'READY'
+PPO_TOTAL = 4  # iterations of a small PPO run
+# 2 updates of 8 episodes per iteration, 8 pretraining rows each, 8-token responses. A config
+# file rather than overrides: `then` loads follow-up stages from the config's folder, so the
+# follow-up gets these settings too.
+SMALL_PPO = f"""
+from rlhf_jax import config_lib
+
+
+def get_config(arg=None):
+  c = config_lib.load_config('{REPO}/configs/{{stage}}.py' + (':' + arg if arg else ''))
+  c.data.world_scale = {WORLD_SCALE}
+  c.data.response_len = 8
+  c.batch_size, c.minibatch_size, c.ptx_per_episode = 16, 8, 1
+  c.total_steps, c.log_every, c.checkpoint_every = {PPO_TOTAL}, 1, 0
+  c.then = ()
+  c.valid_prompts = {{valid_prompts}}
+  c.eval_every, c.best_of_n = 2, 2
+  return c
+"""
+
+
+def small_ppo_config(stage: str, valid_prompts: int) -> str:
+  """The source of a small configs/<stage>.py (ppo or ppo_ptx) validating on `valid_prompts`."""
+  return SMALL_PPO.replace('{stage}', stage).replace('{valid_prompts}', str(valid_prompts))
 
 
 def stage_config(name: str, workdir, **overrides):
   """configs/<name>.py at the tiny geometry, in `workdir`, with world scale WORLD_SCALE."""
-  from rlhf_jax import config_lib  # pylint: disable=g-import-not-at-top  # after conftest's flags
-  config = config_lib.load_config(f'configs/{name}.py')
+  config = config_lib.load_config(f'{REPO}/configs/{name}.py')
   config.workdir = str(workdir)
   config.data.world_scale = WORLD_SCALE
   for key, value in overrides.items():
@@ -44,39 +60,6 @@ def cli_args(stage: str, workdir, *overrides: str) -> list[str]:
           f'--config.data.world_scale={WORLD_SCALE}', *overrides]
 
 
-def _build(workdir: pathlib.Path) -> None:
-  from rlhf_jax import stages  # pylint: disable=g-import-not-at-top
-  if workdir.exists():
-    shutil.rmtree(workdir)  # a build that failed half-way
-  stages.run(stage_config('pretrain', workdir, total_steps=3, log_every=1, eval_every=0))
-  stages.run(stage_config('sft', workdir, total_steps=3, log_every=1, eval_every=0))
-  for stage in ('pretrain_rm', 'sft_rm'):  # the reward model's own base and SFT models
-    stages.run(stage_config(stage, workdir, total_steps=3, log_every=1, eval_every=0))
-  sample_args = [f'--config.max_prompts={SAMPLED_PROMPTS}',
-                 f'--config.max_valid_prompts={SAMPLED_PROMPTS}']
-  for stage, extra in (('sample', sample_args), ('label', [])):
-    result = run_cli(*cli_args(stage, workdir, *extra))
-    (workdir / f'cli_{stage}.log').write_text(
-        f'returncode {result.returncode}\n{result.stdout}\n{result.stderr}')
-    if result.returncode:
-      raise RuntimeError(f'{stage} CLI failed:\n{result.stderr[-3000:]}')
-  (workdir / READY).touch()
-
-
-@pytest.fixture(scope='session')
-def tiny_workdir(tmp_path_factory) -> pathlib.Path:
-  """The shared, complete tiny workdir (read-only by convention)."""
-  root = tmp_path_factory.getbasetemp()
-  if os.environ.get('PYTEST_XDIST_WORKER'):
-    root = root.parent  # the folder all workers of this session share
-  workdir = root / 'tiny_workdir'
-  with open(root / 'tiny_workdir.lock', 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not (workdir / READY).exists():
-      _build(workdir)
-  return workdir
-
-
 def copy_workdir(source: pathlib.Path, dest: pathlib.Path, stages=None) -> pathlib.Path:
   """A private copy of `source` holding only the given stage folders (default: all)."""
   dest.mkdir(parents=True, exist_ok=True)
@@ -84,3 +67,14 @@ def copy_workdir(source: pathlib.Path, dest: pathlib.Path, stages=None) -> pathl
     if folder.is_dir() and (stages is None or folder.name in stages):
       shutil.copytree(folder, dest / folder.name)
   return dest
+
+
+def save_stage(stage_dir: pathlib.Path, role: str, model_dict, head: str, params,
+               **summary) -> None:
+  """A completed stage folder holding `params` as state.params, the way training stages do."""
+  model = config_lib.to_model_config(model_dict)
+  ckpt = checkpoint.Checkpointer(str(stage_dir), checkpoint.fingerprint({role: (model, head)}))
+  ckpt.save(1, {'params': params})
+  ckpt.close()
+  checkpoint.write_summary(str(stage_dir), dict(summary, checkpoint_step=1,
+                                                model=model_dict.to_dict()))

@@ -21,6 +21,7 @@ def _report(*args) -> dict:
   return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_tiny_sft_fits_on_a_small_slice():
   report = _report('--config=configs/sft.py:tiny', f'--topology={SLICE}')
   assert report['topology'] == SLICE and set(report['params']) == {'policy'}
@@ -29,6 +30,7 @@ def test_tiny_sft_fits_on_a_small_slice():
   assert 0 < step['bytes_per_device'] < step['hbm_per_device'] == 95 * aot.GIB
 
 
+@pytest.mark.slow
 def test_oversized_setting_does_not_fit_and_is_not_a_crash():
   # A 1.3B model with fp32 activations and no remat on a 512-row batch needs ~TBs per chip.
   report = _report('--config=configs/sft.py:1.3b', f'--topology={SLICE}',
@@ -38,6 +40,7 @@ def test_oversized_setting_does_not_fit_and_is_not_a_crash():
   assert step['fits'] is False and step['bytes_per_device'] > step['hbm_per_device']
 
 
+@pytest.mark.slow
 def test_tiny_ppo_ptx_reports_every_phase_and_role():
   result = run_aot('--config=configs/ppo_ptx.py:tiny', f'--topology={SLICE}')
   assert result.returncode == 0, result.stderr[-3000:]
@@ -46,12 +49,14 @@ def test_tiny_ppo_ptx_reports_every_phase_and_role():
 
 
 @pytest.mark.parametrize('topology', ['v99:2x2', 'nonsense'])
+@pytest.mark.slow
 def test_unknown_topology_is_a_one_line_error(topology):
   result = run_aot('--config=configs/sft.py:tiny', f'--topology={topology}')
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1 and topology in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_topology_is_a_one_line_error():
   result = run_aot('--config=configs/sft.py:tiny')
   assert result.returncode == 2 and 'no --topology' in result.stderr

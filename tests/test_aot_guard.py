@@ -34,6 +34,7 @@ def test_record_covers_every_guard_stage_on_this_libtpu():
 
 
 @pytest.mark.parametrize('stage', aot.GUARD_STAGES)
+@pytest.mark.slow
 def test_temporaries_have_not_grown(stage):
   problems = aot.guard_growth(guard_temps(stage), RECORD['temp_bytes'])
   assert not problems, '\n'.join(problems) + (
@@ -41,6 +42,7 @@ def test_temporaries_have_not_grown(stage):
       'intended, run experiments/aot/refresh.py and say why in the commit')
 
 
+@pytest.mark.slow
 def test_guard_reports_a_larger_temporary():
   # Without remat the SFT step keeps every layer's activations for the backward pass.
   grown = guard_temps('sft', remat='none')

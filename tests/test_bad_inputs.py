@@ -75,6 +75,7 @@ def _main(*args, cwd=REPO, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize('name', ['big_integer.jsonl', 'deep_nesting.jsonl',
                                   'float_overflow.jsonl'])
+@pytest.mark.slow
 def test_bad_json_in_a_stage(name, tokenizer_dir, tmp_path):
   path = CORPUS / name
   result = _main('--config=configs/pretrain.py', f'--workdir={tmp_path / "run"}',
@@ -123,6 +124,7 @@ def _small_files():
   resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
 
 
+@pytest.mark.slow
 def test_convert_on_a_full_disk_leaves_nothing(hh_file, tmp_path):
   dest = tmp_path / 'out' / 'rankings.jsonl'
   result = subprocess.run([sys.executable, '-m', 'rlhf_jax.data', 'convert', '--format=hh-rlhf',
@@ -148,6 +150,7 @@ def test_config_values_that_cannot_run(field, value, message):
     config_lib.validate(config)
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(tmp_path):
   result = _main('--config=configs/no_such_stage.py', '--dry_run')
   assert result.returncode == 2

@@ -142,6 +142,7 @@ def test_help_lists_the_formats():
   assert status == cli.EXIT_OK and 'hh-rlhf' in out
 
 
+@pytest.mark.slow
 def test_module_entry_point_has_no_traceback(tmp_path):
   good = _file(tmp_path, [RANKING], 'good.jsonl')
   bad = _file(tmp_path, '{"prompt": "x"}\n', 'bad.jsonl')

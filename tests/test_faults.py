@@ -1,7 +1,7 @@
 """Faults a careful user runs into (issue 16): each test reproduces one and checks the fix.
 
 The loop tests train test_loop's toy regression on 8 fake CPU devices; the stage tests work on
-private copies of the shared tiny workdir (stage_fixtures). Run as a script
+private copies of the shared tiny workdir (conftest). Run as a script
 (`python tests/test_faults.py WORKDIR TOTAL STALL`) this is the subprocess of the signal test.
 """
 import json
@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from stage_fixtures import (cli_args, copy_workdir, run_cli, stage_config,  # noqa: F401
-                            tiny_workdir)
+from stage_fixtures import cli_args, copy_workdir, run_cli, stage_config
 from test_loop import BATCH, DIM, FINGERPRINT, read_lines, toy_init, toy_run
 
 from rlhf_jax import checkpoint, loop, stages
@@ -41,8 +40,8 @@ def _wait_for(condition, seconds: float = 120) -> None:
 
 # Item 1: records dropped by the prompt-length filter.
 
-def test_dataset_with_every_prompt_too_long_is_a_one_line_error(tiny_workdir):
-  tok = tokenizers.load_tokenizer(world.paths(tiny_workdir / 'data')['tokenizer'])
+def test_dataset_with_every_prompt_too_long_is_a_one_line_error(tiny_world):
+  tok = tokenizers.load_tokenizer(world.paths(tiny_world / 'data')['tokenizer'])
   sources = {
       'demonstrations': [{'prompt': LONG_PROMPT, 'completion': 'x'}] * 8,
       'rankings': [{'prompt': LONG_PROMPT, 'completions': ['a', 'b'], 'ranks': [0, 1]}] * 8,
@@ -107,6 +106,7 @@ def _stalling_main(workdir, total, stall):
   sys.exit(128 + result.stopped_by if result.stopped_by else 0)
 
 
+@pytest.mark.slow
 def test_sigterm_while_waiting_for_data_stops_with_a_checkpoint(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=8')

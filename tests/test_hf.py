@@ -266,6 +266,7 @@ def test_cli_exports_a_stage_checkpoint(tmp_path):
   assert hf.main(argv, out, err) == 1 and 'not empty' in err.getvalue()
 
 
+@pytest.mark.slow
 def test_sft_stage_starts_from_a_hf_folder(tmp_path):
   folder = tmp_path / 'gpt2'
   _save_model('gpt2', folder, vocab=100)
@@ -417,6 +418,7 @@ def _remote_code_tokenizer(path, marker):
       'class OwnTokenizer(PreTrainedTokenizerFast):\n  pass\n')
 
 
+@pytest.mark.slow
 def test_tokenizer_code_in_a_folder_never_runs(tmp_path):
   """Even when stdin says yes to transformers' "run the custom code?" prompt."""
   marker = tmp_path / 'ran'

@@ -198,6 +198,7 @@ def _main(workdir, total, kill_at):
   sys.exit(128 + result.stopped_by if result.stopped_by else 0)
 
 
+@pytest.mark.slow
 def test_kill_and_resume(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=8')

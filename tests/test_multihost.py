@@ -13,8 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from stage_fixtures import WORLD_SCALE, copy_workdir, tiny_workdir  # noqa: F401 (fixture)
-from test_stage_ppo import configs, inputs  # noqa: F401 (fixtures: tiny PPO inputs)
+from stage_fixtures import WORLD_SCALE, copy_workdir
 
 from rlhf_jax import distributed
 
@@ -64,14 +63,14 @@ def _run_both(tmp_path: pathlib.Path, source: pathlib.Path, stages: list[str],
   _assert_same_metrics(dirs['single'], dirs['multi'])
 
 
-def test_two_process_sft_equals_single_process(tiny_workdir, tmp_path):  # noqa: F811
+def test_two_process_sft_equals_single_process(tiny_workdir, tmp_path):
   args = ['--config=configs/sft.py', f'--config.data.world_scale={WORLD_SCALE}',
           f'--config.total_steps={STEPS}', '--config.log_every=1', '--config.eval_every=0',
           '--config.select_by=last']
   _run_both(tmp_path, tiny_workdir, ['data', 'pretrain'], args, 'sft')
 
 
-def test_two_process_ppo_equals_single_process(inputs, configs, tmp_path):  # noqa: F811
+def test_two_process_ppo_equals_single_process(inputs, configs, tmp_path):
   # PPO without ptx: packed pretraining rows are packed per process, so they would differ.
   args = [f'--config={configs}/ppo.py', f'--config.total_steps={STEPS}']
   _run_both(tmp_path, inputs, None, args, 'ppo')
@@ -103,6 +102,7 @@ def test_detection(monkeypatch):
   assert distributed.detect('h:1', 2, 0) == 'flags'  # explicit flags win
 
 
+@pytest.mark.slow
 def test_main_rejects_partial_flags_in_one_line():
   result = subprocess.run([sys.executable, '-m', 'rlhf_jax.main', '--config=configs/sft.py',
                            '--num_processes=2'], cwd=REPO, capture_output=True, text=True,

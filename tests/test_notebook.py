@@ -8,12 +8,12 @@ import pathlib
 
 import nbformat
 from nbclient import NotebookClient
-from stage_fixtures import WORLD_SCALE, copy_workdir, tiny_workdir  # noqa: F401 (fixture)
+from stage_fixtures import WORLD_SCALE, copy_workdir
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / 'notebooks' / 'instructgpt_mini.ipynb'
 
 
-def test_notebook_runs(tiny_workdir, tmp_path):  # noqa: F811
+def test_notebook_runs(tiny_workdir, tmp_path):
   workdir = copy_workdir(tiny_workdir, tmp_path / 'run')
   nb = nbformat.read(NOTEBOOK, as_version=4)
   [params] = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]

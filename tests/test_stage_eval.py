@@ -6,12 +6,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from stage_fixtures import (  # noqa: F401 (tiny_workdir is a fixture)
-    WORLD_SCALE,
-    copy_workdir,
-    stage_config,
-    tiny_workdir,
-)
+from stage_fixtures import copy_workdir, stage_config
 
 from rlhf_jax import checkpoint, config_lib, ppo, stages, state
 from rlhf_jax.stages import common
@@ -49,7 +44,7 @@ def _fake_ppo(workdir, name, policy_from, ema_from):
 
 
 @pytest.fixture(scope='module')
-def workdir(tiny_workdir, tmp_path_factory):  # noqa: F811 (the imported fixture)
+def workdir(tiny_workdir, tmp_path_factory):
   """The shared tiny world, pretrain and sft, plus a PPO stage whose EMA params are SFT's."""
   path = copy_workdir(tiny_workdir, tmp_path_factory.mktemp('eval'), ('data', 'pretrain', 'sft'))
   _fake_ppo(path, 'ppo', policy_from='pretrain', ema_from='sft')

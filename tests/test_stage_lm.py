@@ -1,25 +1,17 @@
-"""LM stages through the CLI entry: pretrain then SFT with validation-loss model selection."""
+"""LM stages: SFT from the shared tiny workdir's pretrained model, with validation-loss model
+selection, then sft_init."""
 import json
 
 import jax
 import numpy as np
+from stage_fixtures import copy_workdir, stage_config
 
 from rlhf_jax import checkpoint, config_lib, stages
 from rlhf_jax.stages import common
 
 
-def stage_config(name, workdir, **overrides):
-  config = config_lib.load_config(f'configs/{name}.py')
-  config.workdir = str(workdir)
-  if 'data' in config:
-    config.data.world_scale = 0.01
-  for key, value in overrides.items():
-    config[key] = value
-  return config
-
-
-def test_sft_keeps_the_best_validation_checkpoint(tmp_path):
-  stages.run(stage_config('pretrain', tmp_path, total_steps=3, log_every=1, eval_every=0))
+def test_sft_keeps_the_best_validation_checkpoint(tiny_workdir, tmp_path):
+  copy_workdir(tiny_workdir, tmp_path, ['data', 'pretrain'])  # pretrain: 3 steps
   summary = stages.run(stage_config('sft', tmp_path, total_steps=6, log_every=1, eval_every=2))
   assert summary['selected_by'] == 'sft/valid_loss'
   logged = [json.loads(line) for line in (tmp_path / 'sft' / 'metrics.jsonl').read_text().split('\n')

@@ -1,86 +1,30 @@
 """The ppo / ppo_ptx stages: a short run with a follow-up stage (`then`), and kill-and-resume.
 
-The PPO workdir holds the world and pretrain stage of the shared tiny workdir (conftest), the
-pretrained model standing in for sft_init (same checkpoint layout), and a reward model made from
-its trunk plus a fresh scalar head, stored as the rm stage stores it (params + 'reward_bias' in
-summary.json): fast, and independent of how the rm stage trains.
-Small PPO settings come from config files written beside the test (`then` loads follow-up stages
-from the config folder, so the follow-up gets them too).
+The PPO workdir (`inputs`, conftest) holds the world and pretrain stages of the shared tiny
+workdir, the pretrained model standing in for sft_init and a reward model made from the RM's
+pretrained trunk; the small PPO settings (`configs`) are config files, so that a follow-up stage
+(`then`, loaded from the config folder) gets them too.
 """
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from stage_fixtures import WORLD_SCALE, copy_workdir
+from stage_fixtures import PPO_TOTAL as TOTAL
+from stage_fixtures import WORLD_SCALE, copy_workdir, small_ppo_config
 
-from rlhf_jax import checkpoint, config_lib, ppo, stages, state
+from rlhf_jax import checkpoint, config_lib, ppo, stages
 from rlhf_jax.stages import common, validation
 from rlhf_jax.stages import eval as eval_stage
 from rlhf_jax.stages import ppo as ppo_stage
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TOTAL = 4  # iterations of the reference run
-# 2 updates of 8 episodes per iteration, 8 pretraining rows each, 8-token responses.
-SMALL = f"""
-from rlhf_jax import config_lib
-
-
-def get_config(arg=None):
-  c = config_lib.load_config('{REPO}/configs/{{stage}}.py' + (':' + arg if arg else ''))
-  c.data.world_scale = {WORLD_SCALE}
-  c.data.response_len = 8
-  c.batch_size, c.minibatch_size, c.ptx_per_episode = 16, 8, 1
-  c.total_steps, c.log_every, c.checkpoint_every = {TOTAL}, 1, 0
-  c.then = ()
-  c.valid_prompts = {{valid_prompts}}
-  c.eval_every, c.best_of_n = 2, 2
-  return c
-"""
-
-
-def _save_stage(stage_dir: pathlib.Path, role: str, model_dict, head: str, params, **summary):
-  """A completed stage folder holding `params` as state.params, the way training stages do."""
-  model = config_lib.to_model_config(model_dict)
-  ckpt = checkpoint.Checkpointer(str(stage_dir), checkpoint.fingerprint({role: (model, head)}))
-  ckpt.save(1, {'params': params})
-  ckpt.close()
-  checkpoint.write_summary(str(stage_dir), dict(summary, checkpoint_step=1,
-                                                model=model_dict.to_dict()))
-
-
-@pytest.fixture(scope='module')
-def configs(tmp_path_factory) -> pathlib.Path:
-  folder = tmp_path_factory.mktemp('ppo_configs')
-  for stage in ('ppo', 'ppo_ptx'):
-    (folder / f'{stage}.py').write_text(
-        SMALL.replace('{stage}', stage).replace('{valid_prompts}', '0'))
-  return folder
-
-
-@pytest.fixture(scope='module')
-def inputs(tiny_workdir, tmp_path_factory, configs) -> pathlib.Path:
-  """A workdir with data, sft and sft_init (= pretrain) and rm (the RM's own pretrained trunk +
-  fresh head), no PPO."""
-  workdir = copy_workdir(tiny_workdir, tmp_path_factory.mktemp('ppo_inputs'),
-                         ['data', 'pretrain', 'pretrain_rm', 'sft'])
-  shutil.copytree(workdir / 'pretrain', workdir / 'sft_init')
-  config = config_lib.load_config(f'{configs}/ppo.py')
-  model = config_lib.to_model_config(config.reward_model)
-  mesh = common.mesh(config)
-  lm = common.load_init_params('pretrain_rm', str(workdir), model, 'lm', mesh)
-  fresh = nn.unbox(state.init_params(model, 'scalar', jax.random.key(1)))
-  _save_stage(workdir / 'rm', 'reward', config.reward_model, 'scalar',
-              state.init_scalar_from_lm(lm, fresh), reward_bias=0.5)
-  return workdir
 
 
 def _lines(path: pathlib.Path) -> list[dict]:
@@ -157,8 +101,7 @@ def test_validation_selects_an_iteration_and_eval_loads_it(inputs, tmp_path):
   parameters, judged again on the same prompts, key and judges, give the selected value."""
   folder = tmp_path / 'configs'
   folder.mkdir()
-  (folder / 'ppo_ptx.py').write_text(
-      SMALL.replace('{stage}', 'ppo_ptx').replace('{valid_prompts}', '16'))
+  (folder / 'ppo_ptx.py').write_text(small_ppo_config('ppo_ptx', valid_prompts=16))
   config = config_lib.load_config(f'{folder}/ppo_ptx.py')
   config.workdir = str(copy_workdir(inputs, tmp_path / 'wd'))
   summary = stages.run(config, folder)

@@ -17,10 +17,11 @@ def file_bytes(directory):
           if p.is_file() and p.name != 'summary.json'}
 
 
-def test_world_stage_writes_valid_files_and_is_reproducible(tmp_path):
-  first = stages.run(world_config(tmp_path / 'a'))
+def test_world_stage_writes_valid_files_and_is_reproducible(tiny_world, tmp_path):
+  # tiny_world (conftest) is this config's world, built earlier, perhaps by another process.
+  first = stages.summary(str(tiny_world), 'world')
   stages.run(world_config(tmp_path / 'b'))
-  a, b = tmp_path / 'a' / 'data', tmp_path / 'b' / 'data'
+  a, b = tiny_world / 'data', tmp_path / 'b' / 'data'
   assert file_bytes(a) == file_bytes(b)
   paths = world.paths(a)
   kinds = {'pretrain': 'text', 'sft_train': 'demonstrations', 'prompts_ppo': 'prompts',
@@ -35,10 +36,9 @@ def test_world_stage_writes_valid_files_and_is_reproducible(tmp_path):
   assert tok.vocab_size == config_lib.GEOMETRIES['tiny'].vocab_size and tok.pad_id != tok.eos_id
 
 
-def test_different_seed_changes_the_world(tmp_path):
-  stages.run(world_config(tmp_path / 'a', seed=0))
+def test_different_seed_changes_the_world(tiny_world, tmp_path):
   stages.run(world_config(tmp_path / 'b', seed=1))
-  assert file_bytes(tmp_path / 'a' / 'data') != file_bytes(tmp_path / 'b' / 'data')
+  assert file_bytes(tiny_world / 'data') != file_bytes(tmp_path / 'b' / 'data')
 
 
 def test_complete_stage_is_not_rerun(tmp_path, capsys):
