@@ -2,21 +2,20 @@
 
   python -m rlhf_jax.aot --config=configs/ppo_ptx.py:175b [--topology=v5p:8x8x8] [--json]
 
-Each step of the stage (sft_step; rm_step; make_experience with the sampler and ppo_step with
-ptx) is jitted exactly as the stage jits it (`loop.jit_step`: same shardings, same donation),
-lowered on abstract state and batches (nothing is allocated) and compiled by XLA for the slice's
-devices (`jax.experimental.topologies`; TPU needs libtpu, the `[tpu-aot]` extra). The compiler's
-memory analysis gives each device's argument, temporary and output bytes; with the bytes held
-outside the step (PPO's frozen models during `ppo_step`) their total is what the device needs,
-compared with its HBM. `--topology=local` compiles for the devices of this machine instead
-(e.g. a GPU node), reading their memory limit from the runtime.
+Each step of the stage (sft_step; rm_step; PPO's generate, score and ppo_step with ptx) is the
+jitted function the stage runs (`stages.program.program`, `stages.ppo.phases`: same model, same
+shardings, same donation), lowered on abstract state and batches (nothing is allocated) and
+compiled by XLA for the slice's devices (`jax.experimental.topologies`; TPU needs libtpu, the
+`[tpu-aot]` extra). The compiler's memory analysis gives each device's argument, temporary and
+output bytes; with the bytes held outside the step (PPO's frozen models during `ppo_step`) their
+total is what the device needs, compared with its HBM. `--topology=local` compiles for the
+devices of this machine instead (e.g. a GPU node), reading their memory limit from the runtime.
 
 Without `--topology` the config's recommended `topology` is used. Not fitting is a result
 (exit 0, `fits: false`); a topology that does not exist is a one-line error (exit 2).
 """
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -34,10 +33,11 @@ from absl import app, flags
 from jax.experimental import topologies
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rlhf_jax import config_lib, loop, optim, ppo, rm, sft, sharding, state
+from rlhf_jax import config_lib, ppo, sharding, state
 from rlhf_jax import main as main_lib
 from rlhf_jax.data import pipeline
 from rlhf_jax.stages import ppo as ppo_stage
+from rlhf_jax.stages import program
 
 flags.DEFINE_string('topology', None, "Target slice, e.g. 'v5p:8x8x8' (TPU topology names of "
                     "jax.experimental.topologies) or 'local'; default: the config's topology.")
@@ -232,19 +232,10 @@ def _batch(mesh, kind: str, batch_size: int, config, leading: tuple[int, ...] = 
 
 
 def _supervised_steps(config, mesh) -> dict[str, Step]:
-  """sft_step (pretrain, sft, sft_init) or rm_step, bound as stages/lm.py binds it."""
-  head, step_fn, kind = (('scalar', rm.rm_step, 'rankings') if config.stage == 'rm' else
-                         ('lm', sft.sft_step, 'demonstrations'))
-  model_cfg, _ = next(iter(config_lib.model_roles(config).values()))
-  total = max(config.total_steps, 1)
-  tx = optim.make_optimizer(config.optimizer, total)
-  abstract, shardings = state.abstract_train_state(model_cfg, head, tx, mesh)
-  batch, rows = _batch(mesh, kind, config.batch_size, config)
-  fn = loop.jit_step(functools.partial(step_fn, model=state.make_model(model_cfg, head), tx=tx,
-                                       lr_schedule=optim.schedule(config.optimizer, total)),
-                     state_shardings=shardings, batch_shardings=rows)
-  name = 'rm_step' if config.stage == 'rm' else 'sft_step'
-  return {name: Step(fn, (abstract, batch, _rng(mesh)))}
+  """sft_step (pretrain, sft, sft_init and their _rm twins) or rm_step: the stage's program."""
+  train = program.program(config, mesh, max(config.total_steps, 1))
+  batch, _ = _batch(mesh, train.batch_kind, config.batch_size, config)
+  return {train.name: Step(train.step, (train.abstract_state, batch, _rng(mesh)))}
 
 
 def _ppo_steps(config, mesh) -> dict[str, Step]:
@@ -286,7 +277,7 @@ def build_steps(config, mesh) -> dict[str, Step]:
   """The stage's steps by name, as its runner jits them."""
   if config.stage in config_lib.PPO_STAGES:
     return _ppo_steps(config, mesh)
-  if config.stage in config_lib.LM_STAGES + ('rm',):
+  if config.stage in program.STAGES:
     return _supervised_steps(config, mesh)
   raise config_lib.ConfigError(f'stage {config.stage!r} has no training step to check')
 

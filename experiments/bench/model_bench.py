@@ -8,8 +8,9 @@ the seconds to sample 128 and 256 new tokens and their ratio (issue 2: <= 2.2; i
 <= 2.1). A step costs a + b * n for n filled cache slots (a: weights and fixed work, b: reading
 one slot's keys and values), so the ratio exceeds 2 by an amount set by b / a, which grows with
 the batch; `--step_cost` fits a and b and sets the ratio they predict beside the one bytes alone
-allow. Wall time and process CPU time are both printed. Then the training step's achieved FLOP/s as a fraction of this machine's measured float32
-matmul peak (issue 8: >= 50%), with the geometry the sft stage differentiates.
+allow. Wall time and process CPU time are both printed. Then the training step's achieved
+FLOP/s as a fraction of this machine's measured float32 matmul peak (issue 8: >= 50%): the sft
+stage's own step (`stages.program`).
 """
 import argparse
 import functools
@@ -26,9 +27,9 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import timing  # noqa: E402
 
-from rlhf_jax import config_lib, optim, sampling, sft, state  # noqa: E402
+from rlhf_jax import config_lib, sampling, state  # noqa: E402
 from rlhf_jax.models import LanguageModel, init_cache  # noqa: E402
-from rlhf_jax.stages import common  # noqa: E402
+from rlhf_jax.stages import common, program  # noqa: E402
 
 
 def decode_seconds(config, params, batch: int, prompt_len: int, lengths=(128, 256),
@@ -144,22 +145,25 @@ def main():
     if args.step_cost:
       report_step_cost(config, params, int(batch))
 
-  opt = config_lib.optimizer_config(3e-4)
-  tx = optim.make_optimizer(opt, 1000)
-  train_state = state.create_train_state(params, tx)
-  # The geometry the sft stage's step differentiates (configs/sft.py: unrolled on CPU presets).
+  # The sft stage's own step (stages/program.py): its dropout, optimizer and training geometry
+  # (unrolled on CPU presets), on its mesh over this machine's devices.
   stage = config_lib.load_config(f'{config_lib.CONFIG_DIR}/sft.py:{args.geometry}')
-  model = state.make_model(config_lib.training_model(config, stage), 'lm')
-  step = jax.jit(functools.partial(sft.sft_step, model=model, tx=tx), donate_argnums=0)
+  stage.batch_size = args.batch
+  mesh = common.mesh(stage)
+  train = program.program(stage, mesh, total_steps=1000)
+  train_state = jax.jit(functools.partial(state.create_train_state, tx=train.tx),
+                        out_shardings=train.state_shardings)(params)
   rng = np.random.default_rng(0)
-  batch = {'tokens': jnp.asarray(rng.integers(0, config.vocab_size, (args.batch, args.seq)),
-                                 jnp.int32),
-           'mask': jnp.ones((args.batch, args.seq), bool),
-           'loss_mask': jnp.ones((args.batch, args.seq), bool).at[:, 0].set(False)}
+  batch = jax.device_put(
+      {'tokens': jnp.asarray(rng.integers(0, config.vocab_size, (args.batch, args.seq)),
+                             jnp.int32),
+       'mask': jnp.ones((args.batch, args.seq), bool),
+       'loss_mask': jnp.ones((args.batch, args.seq), bool).at[:, 0].set(False)},
+      train.batch_shardings)
   holder = [train_state]
 
   def one_step():
-    holder[0], metrics = step(holder[0], batch, jax.random.key(1))
+    holder[0], metrics = train.step(holder[0], batch, jax.random.key(1))
     metrics['sft/loss'].block_until_ready()
 
   seconds = timing.median_seconds(one_step, warmup=2, iters=5)

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rlhf_jax import checkpoint, config_lib, loop, optim, rm, sampling, sft, sharding, state
+from rlhf_jax import checkpoint, config_lib, loop, rm, sampling, sft, sharding, state
 from rlhf_jax.data import pipeline, records
-from rlhf_jax.stages import common, selection
+from rlhf_jax.stages import common, program, selection
 
 EVAL_BATCHES = 8  # validation batches per evaluation: a fixed, small, exact subset
 EVAL_PROMPTS = 64  # validation prompts sampled for the RM-score selection
@@ -112,24 +112,16 @@ def run_lm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
   tok = common.tokenizer(config, model_cfg)
   n_records = len(records.read_records(train_path, kind))
   total_steps = config.total_steps or max(1, config.epochs * n_records // config.batch_size)
-  tx = optim.make_optimizer(config.optimizer, total_steps)
+  train = program.program(config, mesh, total_steps)
   model = state.make_model(model_cfg, 'lm')
-  abstract_state, state_shardings = state.abstract_train_state(model_cfg, 'lm', tx, mesh)
-  rows = sharding.batch_sharding(mesh)
-  step = loop.jit_step(
-      functools.partial(sft.sft_step,
-                        model=state.make_model(config_lib.training_model(model_cfg, config), 'lm'),
-                        tx=tx,
-                        lr_schedule=optim.schedule(config.optimizer, total_steps)),
-      state_shardings=state_shardings, batch_shardings=rows)
 
   def init_state():
     if config.stage.startswith('pretrain'):
-      return state.create_sharded_train_state(model_cfg, 'lm', tx, mesh,
+      return state.create_sharded_train_state(model_cfg, 'lm', train.tx, mesh,
                                               jax.random.key(config.seed))[0]
     params = common.load_init_params(config.init_from, config.workdir, model_cfg, 'lm', mesh, tok)
-    return jax.jit(functools.partial(state.create_train_state, tx=tx),
-                   out_shardings=state_shardings)(params)
+    return jax.jit(functools.partial(state.create_train_state, tx=train.tx),
+                   out_shardings=train.state_shardings)(params)
 
   eval_fn, best, final_metrics = _evaluation(config, tok, kind, valid_path, model, model_cfg, mesh,
                                              paths, stage_dir)
@@ -137,12 +129,12 @@ def run_lm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
         f'{config.batch_size} x {config.data.seq_len} tokens on mesh {dict(mesh.shape)}',
         flush=True)
   result = loop.run(
-      step, init_state=init_state, abstract_state=abstract_state,
+      train.step, init_state=init_state, abstract_state=train.abstract_state,
       data=_datasets(config, tok, kind, train_path, mix_path),
       stage_dir=str(stage_dir), base_rng=jax.random.key(config.seed),
       schedule=loop.Schedule.from_config(config, total_steps),
       fingerprint=checkpoint.fingerprint(config_lib.model_roles(config)),
-      batch_shardings=rows, loss_key='sft/loss',
+      batch_shardings=train.batch_shardings, loss_key='sft/loss',
       eval_fn=eval_fn, flops_per_token=common.train_flops_per_token(model_cfg, config.data.seq_len))
   common.exit_if_stopped(result)
   summary = {'steps': result.step, 'checkpoint_step': result.step, 'selected_by': 'last',

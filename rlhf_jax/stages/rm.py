@@ -17,9 +17,9 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rlhf_jax import checkpoint, config_lib, loop, optim, rm, sharding, state
+from rlhf_jax import checkpoint, config_lib, loop, rm, sharding, state
 from rlhf_jax.data import pipeline, records
-from rlhf_jax.stages import common
+from rlhf_jax.stages import common, program
 from rlhf_jax.stages import label as label_stage
 
 VALID_SETS = ('valid_train', 'valid_heldout')
@@ -108,24 +108,16 @@ def run_rm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
   tok = common.tokenizer(config, model_cfg)
   n_records = len(records.read_records(label_files['train'], 'rankings'))
   total_steps = config.total_steps or max(1, config.epochs * n_records // config.batch_size)
-  tx = optim.make_optimizer(config.optimizer, total_steps)
+  train = program.program(config, mesh, total_steps)
   model = state.make_model(model_cfg, 'scalar')
-  abstract_state, state_shardings = state.abstract_train_state(model_cfg, 'scalar', tx, mesh)
-  rows = sharding.batch_sharding(mesh)
-  step = loop.jit_step(
-      functools.partial(rm.rm_step,
-                        model=state.make_model(config_lib.training_model(model_cfg, config),
-                                               'scalar'),
-                        tx=tx,
-                        lr_schedule=optim.schedule(config.optimizer, total_steps)),
-      state_shardings=state_shardings, batch_shardings=rows)
   valid = _valid_fn(config, tok, model, mesh, label_files)
   print(f'[rm] {n_records} rankings, {total_steps} steps of {config.batch_size} prompts x '
         f'{config.k_max} completions x {config.data.seq_len} tokens on mesh {dict(mesh.shape)}',
         flush=True)
   result = loop.run(
-      step, init_state=_init_state_fn(config, model_cfg, tx, mesh, state_shardings),
-      abstract_state=abstract_state,
+      train.step, init_state=_init_state_fn(config, model_cfg, train.tx, mesh,
+                                            train.state_shardings),
+      abstract_state=train.abstract_state,
       data=pipeline.make_dataset('rankings', label_files['train'], tok,
                                  batch_size=common.per_process(config.batch_size), seq_len=config.data.seq_len,
                                  prompt_len=config.data.prompt_len, seed=config.seed,
@@ -133,7 +125,7 @@ def run_rm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
       stage_dir=str(stage_dir), base_rng=jax.random.key(config.seed),
       schedule=loop.Schedule.from_config(config, total_steps),
       fingerprint=checkpoint.fingerprint(config_lib.model_roles(config)),
-      batch_shardings=rows, loss_key='rm/loss', eval_fn=lambda s: valid(s.params),
+      batch_shardings=train.batch_shardings, loss_key='rm/loss', eval_fn=lambda s: valid(s.params),
       flops_per_token=common.train_flops_per_token(model_cfg, config.data.seq_len))
   common.exit_if_stopped(result)
   params = result.state.params
