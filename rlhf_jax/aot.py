@@ -193,18 +193,6 @@ def measure(step: Step, hbm: int | None,
           'fits': None if hbm is None else bool(total <= hbm), **measured}
 
 
-def check_batch_sizes(config, mesh) -> None:
-  """Every batch the stage feeds must split over the mesh's batch axes (as stages/common.mesh)."""
-  multiple = sharding.batch_size_multiple(mesh)
-  sizes = {field: config[field] for field in ('batch_size', 'minibatch_size') if field in config}
-  if config.stage in config_lib.PPO_STAGES and config.ptx_coef:
-    sizes['ptx_per_episode * minibatch_size'] = ppo_stage.ptx_rows(config)
-  for field, size in sizes.items():
-    if size % multiple:
-      raise config_lib.ConfigError(f'{field}={size} is not divisible by the mesh batch axes '
-                                   f'(data x fsdp = {multiple})')
-
-
 def _with_shardings(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
                       shardings)
@@ -296,7 +284,7 @@ def check(config, topology: str,
   `programs` as in `measure`."""
   devices = topology_devices(topology)
   mesh = make_mesh(config, devices)
-  check_batch_sizes(config, mesh)
+  config_lib.validate_batches(config, sharding.batch_size_multiple(mesh))
   hbm = hbm_per_device(devices)
   params = {role: state.count_params(state.abstract_params(model, head))
             for role, (model, head) in config_lib.model_roles(config).items()}

@@ -270,6 +270,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if data.prompt_len + data.response_len > config.model.max_len:
       raise ConfigError(f'data: prompt_len {data.prompt_len} + response_len {data.response_len} '
                         f'exceeds the context length model.max_len={config.model.max_len}')
+  if config.stage in PPO_STAGES:
+    _validate_ppo_batches(config)
+
+
+def _validate_ppo_batches(config: ml_collections.ConfigDict) -> None:
+  """An iteration's episodes split into whole minibatches and rollout chunks, and an update's
+  pretraining rows into whole ptx chunks."""
+  for field in ('minibatch_size', 'rollout_chunks'):
+    if config.batch_size % config[field]:
+      raise ConfigError(f'batch_size={config.batch_size} is not a multiple of '
+                        f'{field}={config[field]}')
+  ptx_rows = config.ptx_per_episode * config.minibatch_size
+  if ptx_rows % config.ptx_chunks:
+    raise ConfigError(f'ptx_per_episode * minibatch_size = {ptx_rows} pretraining rows are not '
+                      f'a multiple of ptx_chunks={config.ptx_chunks}')
+
+
+def validate_batches(config: ml_collections.ConfigDict, batch_multiple: int,
+                     processes: int = 1) -> None:
+  """Every batch the stage feeds splits over a mesh whose batch axes have `batch_multiple`
+  devices (data x fsdp) and over `processes` processes; raises ConfigError otherwise."""
+  # PPO's pretraining rows per update (ptx_per_episode * minibatch_size) split whenever the
+  # minibatch does.
+  sizes = {field: config[field] for field in ('batch_size', 'minibatch_size') if field in config}
+  for field, size in sizes.items():
+    if size % batch_multiple:
+      raise ConfigError(f'{field}={size} is not divisible by the mesh batch axes '
+                        f'(data x fsdp = {batch_multiple})')
+    if size % processes:
+      raise ConfigError(f'{field}={size} is not divisible by the {processes} processes')
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

@@ -27,15 +27,31 @@ def describe(config) -> str:
     lines.append(f'  {role:<9} {head:<6} {n / 1e6:>12,.1f}M params  layers {model.n_layers} '
                  f'd_model {model.d_model} heads {model.n_heads}/{model.kv_heads} d_ff {model.d_ff} '
                  f'vocab {model.vocab_size} ctx {model.max_len} {model.dtype}/{model.param_dtype}')
-  sizes = dict(config.mesh)
   n_dev = jax.device_count()
-  try:
-    shape = dict(zip(sharding.AXES, sharding.mesh_shape(sizes, n_dev)))
-    lines.append(f'  mesh {shape} over {n_dev} {jax.devices()[0].platform} device(s)')
-  except ValueError:
-    lines.append(f'  mesh {sizes} (needs more than the {n_dev} local device(s); '
+  shape = local_mesh(config)
+  if shape is None:
+    lines.append(f'  mesh {dict(config.mesh)} (needs more than the {n_dev} local device(s); '
                  'see `python -m rlhf_jax.aot` for target slices)')
+  else:
+    lines.append(f'  mesh {shape} over {n_dev} {jax.devices()[0].platform} device(s)')
   return '\n'.join(lines)
+
+
+def local_mesh(config) -> dict[str, int] | None:
+  """The config's mesh axis sizes over this machine's devices; None if they cannot form it."""
+  try:
+    return dict(zip(sharding.AXES, sharding.mesh_shape(dict(config.mesh), jax.device_count())))
+  except ValueError:
+    return None
+
+
+def dry_run_check(config) -> None:
+  """What a run would check before compiling, as far as this machine can tell: the config
+  (`config_lib.validate`) and, when its devices can form the mesh, its batches over that mesh."""
+  config_lib.validate(config)
+  shape = local_mesh(config)
+  if shape is not None:
+    config_lib.validate_batches(config, shape['data'] * shape['fsdp'])
 
 
 def main(argv):
@@ -47,10 +63,11 @@ def main(argv):
     config.workdir = FLAGS.workdir
   from rlhf_jax import stages  # the training stack is imported only when something runs
   try:
-    config_lib.validate(config)
     if FLAGS.dry_run:
+      dry_run_check(config)
       print(describe(config))
       return
+    config_lib.validate(config)
     distributed.initialize_from_flags()  # before any device is touched
     config_dir = pathlib.Path(config_flags.get_config_filename(FLAGS['config'])).parent
     stages.run(config, config_dir, force=FLAGS.force)

@@ -92,16 +92,10 @@ def settings_from_config(config: ml_collections.ConfigDict, *, eos_id: Optional[
     score_fn: optional replacement of the reward model.
 
   Raises:
-    ConfigError: when the batch does not split into whole minibatches or chunks.
+    ConfigError: when the config does not validate (`config_lib.validate`: e.g. the batch does
+      not split into whole minibatches or chunks).
   """
-  for field in ('minibatch_size', 'rollout_chunks'):
-    if config.batch_size % config[field]:
-      raise config_lib.ConfigError(f'batch_size={config.batch_size} is not a multiple of '
-                                   f'{field}={config[field]}')
-  if config.ptx_per_episode * config.minibatch_size % config.ptx_chunks:
-    raise config_lib.ConfigError(f'ptx_per_episode * minibatch_size = '
-                                 f'{config.ptx_per_episode * config.minibatch_size} pretraining '
-                                 f'rows are not a multiple of ptx_chunks={config.ptx_chunks}')
+  config_lib.validate(config)
   updates = config.ppo_epochs * (config.batch_size // config.minibatch_size)
   total = max(config.episodes // config.batch_size, 1) * updates
 

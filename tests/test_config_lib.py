@@ -56,3 +56,33 @@ def test_bad_model_is_rejected_with_role():
   config.reward_model.n_kv_heads = 3
   with pytest.raises(config_lib.ConfigError, match='reward model: n_heads=8 not divisible'):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('minibatch_size', 7, r'batch_size=64 is not a multiple of minibatch_size=7'),
+    ('rollout_chunks', 3, r'batch_size=64 is not a multiple of rollout_chunks=3'),
+    ('ptx_chunks', 3, r'ptx_per_episode \* minibatch_size = 32 pretraining rows are not a '
+     r'multiple of ptx_chunks=3'),
+])
+def test_ppo_batches_must_split(field, value, message):
+  config = config_lib.load_config('configs/ppo_ptx.py:tiny')
+  config.batch_size, config.minibatch_size, config.ptx_per_episode = 64, 16, 2
+  config[field] = value
+  with pytest.raises(config_lib.ConfigError, match=f'^{message}$'):
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize('field, value, processes, message', [
+    ('batch_size', 36, 1, r'batch_size=36 is not divisible by the mesh batch axes \(data x fsdp '
+     r'= 8\)'),
+    ('minibatch_size', 12, 1, r'minibatch_size=12 is not divisible by the mesh batch axes \(data '
+     r'x fsdp = 8\)'),
+    ('batch_size', 24, 3, r'minibatch_size=16 is not divisible by the 3 processes'),
+])
+def test_batches_must_split_over_the_mesh_and_processes(field, value, processes, message):
+  config = config_lib.load_config('configs/ppo_ptx.py:tiny')
+  config.batch_size, config.minibatch_size = 64, 16
+  config_lib.validate_batches(config, 8)
+  config[field] = value
+  with pytest.raises(config_lib.ConfigError, match=f'^{message}$'):
+    config_lib.validate_batches(config, 8, processes)

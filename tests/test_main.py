@@ -1,4 +1,5 @@
 """The command line: dry runs and config errors, in a subprocess as a user runs them."""
+import re
 import subprocess
 import sys
 
@@ -35,3 +36,16 @@ def test_unknown_override_is_one_line_error():
   result = run_main('--config=configs/sft.py', '--config.no_such_field=3', '--dry_run')
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   assert "no field 'no_such_field'" in result.stderr
+
+
+@pytest.mark.parametrize('args, message', [
+    (('--config=configs/ppo.py', '--config.minibatch_size=7'),
+     r'batch_size=\d+ is not a multiple of minibatch_size=7'),
+    (('--config=configs/ppo_ptx.py:1.3b', '--config.batch_size=500'),
+     r'batch_size=500 is not a multiple of minibatch_size=\d+'),
+])
+def test_dry_run_fails_on_what_the_run_would_refuse(args, message):
+  result = run_main(*args, '--dry_run')
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  # The error is the last line (libraries may warn before it).
+  assert re.fullmatch(f'error: {message}', result.stderr.strip().splitlines()[-1]), result.stderr

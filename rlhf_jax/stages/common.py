@@ -37,15 +37,7 @@ def mesh(config: ml_collections.ConfigDict):
     m = sharding.make_mesh(dict(config.mesh))
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
-  multiple = sharding.batch_size_multiple(m)
-  for field in ('batch_size', 'minibatch_size'):
-    if field in config and config[field] % multiple:
-      raise config_lib.ConfigError(
-          f'{field}={config[field]} is not divisible by the mesh batch axes (data x fsdp = '
-          f'{multiple})')
-    if field in config and config[field] % jax.process_count():
-      raise config_lib.ConfigError(f'{field}={config[field]} is not divisible by the '
-                                   f'{jax.process_count()} processes')
+  config_lib.validate_batches(config, sharding.batch_size_multiple(m), jax.process_count())
   return m
 
 
