@@ -36,6 +36,5 @@ setup(
                  # given both paths it never downloads a browser or driver.
                  "selenium>=4.20"],
         "tpu-aot": ["libtpu"],
-        "wandb": ["wandb"],
     },
 )

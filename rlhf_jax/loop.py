@@ -1,8 +1,9 @@
 """The host loop every stage runs: jit once, stream batches, log, evaluate, checkpoint, resume.
 
 A step is any Python callable `(state, batch, rng) -> (state, metrics)`. For SFT and RM it is one
-function jitted by `jit_step`; a PPO iteration is a plain function that calls two jitted ones
-(make_experience, then ppo_step), so each phase stays separately timeable (see `timed`).
+function jitted by `jit_step`; a PPO iteration is a plain function that calls three jitted ones
+(generate, score, then ppo_step: `stages.ppo.phases`), so each phase stays separately timeable
+(see `timed`).
 
 Per step n (counting from 0) the loop draws the next batch, puts it on the mesh, calls
 `step_fn(state, batch, fold_in(base_rng, n))` and keeps the returned metrics on device. Only at
@@ -146,13 +147,13 @@ def jit_step(fn: Callable[..., Any], *, state_shardings: Any, batch_shardings: A
 
   Args:
     fn: the pure step with static configuration bound (functools.partial), e.g.
-      `sft_step(state, batch, rng)`, `make_experience(state, frozen, prompts, rng)`,
+      `sft_step(state, batch, rng)`, `generate(state, prompts, rng)`,
       `ppo_step(state, exp, ptx, rng)`.
     state_shardings: shardings of the state (a tree, or one sharding for all leaves).
     batch_shardings: shardings of the batch (tree prefix), e.g. sharding.batch_sharding(mesh, 1).
     extra_shardings: one entry per extra argument (frozen params, an Experience): never donated.
     donate_state: reuse the state's buffers for the new state; False for a function that does
-      not return the state (make_experience).
+      not return the state (generate).
     out_shardings: default (state_shardings, compiler's choice for the metrics).
 
   Returns:
@@ -400,8 +401,7 @@ def run(step_fn: StepFn, *, init_state: Callable[[], Any], abstract_state: Any,
         fingerprint: Mapping[str, Any], batch_shardings: Any, loss_key: str,
         eval_fn: Callable[[Any], Mapping[str, Any]] | None = None,
         tokens_fn: Callable[[Any], int] = count_tokens, flops_per_token: float | None = None,
-        keep: int = 3, wandb_project: str | None = None,
-        config: Mapping[str, Any] | None = None) -> RunResult:
+        keep: int = 3) -> RunResult:
   """Trains `step_fn` from the latest checkpoint in `stage_dir` (or from `init_state()`).
 
   Args:
@@ -421,8 +421,6 @@ def run(step_fn: StepFn, *, init_state: Callable[[], Any], abstract_state: Any,
     tokens_fn: tokens in a host batch, for perf/tokens_per_sec.
     flops_per_token: training FLOPs per token, for perf/mfu (omitted when unknown).
     keep: checkpoints kept.
-    wandb_project: also log to this W&B project when wandb is installed.
-    config: stored with the W&B run.
 
   Returns:
     RunResult; `stopped_by` is set when a signal ended the run early.
@@ -444,7 +442,7 @@ def run(step_fn: StepFn, *, init_state: Callable[[], Any], abstract_state: Any,
       if jax.process_index() == 0:
         print(f'resuming from step {step} ({ckpt.directory})', file=sys.stderr)
     _on_start.pop(os.path.abspath(stage_dir), lambda: None)()
-    writer = metrics_lib.Writer(stage_dir, step, wandb_project=wandb_project, config=config)
+    writer = metrics_lib.Writer(stage_dir, step)
     progress = metrics_lib.Progress(schedule.total_steps, step)
     loop = _Loop(step_fn, iterators, ckpt, writer, progress, schedule, base_rng, batch_shardings,
                  loss_key, eval_fn, tokens_fn, _Perf(flops_per_token),

@@ -69,12 +69,6 @@ def token_nll(logits: jax.Array, targets: jax.Array,
   return rl_math.masked_sum(nll, mask), rl_math.masked_count(nll, mask)
 
 
-def mean_token_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean NLL per counted token (0 when no token counts); see `token_nll`."""
-  nll_sum, count = token_nll(logits, targets, mask)
-  return nll_sum / jnp.maximum(count, 1)
-
-
 def ranking_loss(rewards: jax.Array, ranks: jax.Array, valid: jax.Array,
                  num_prompts: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
   """InstructGPT eq. (1): pairwise -log sigmoid(r_w - r_l) over all ranked pairs of each prompt.

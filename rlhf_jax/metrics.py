@@ -1,9 +1,9 @@
-"""Metric names and writers: metrics.jsonl, TensorBoard event files, optional W&B, console progress.
+"""Metric names and writers: metrics.jsonl, TensorBoard event files, console progress.
 
 Names follow lm-human-preferences (DESIGN.md, "Metric names"): `sft/loss`, `rm/loss`,
 `rm/accuracy`, `objective/kl`, `ppo/policy/clipfrac`, ..., `ptx/loss`. Names under `perf/` and
 `time/` measure wall-clock time, so they differ between two runs of the same command: they go to
-`<stage_dir>/perf.jsonl` (and TensorBoard, W&B), never to `<stage_dir>/metrics.jsonl`, which holds
+`<stage_dir>/perf.jsonl` (and TensorBoard), never to `<stage_dir>/metrics.jsonl`, which holds
 only what the computation determines and is therefore identical between an interrupted-and-resumed
 run and an uninterrupted one.
 
@@ -104,18 +104,15 @@ class JsonlLog:
 
 
 class Writer:
-  """All metric sinks of one stage: metrics.jsonl, perf.jsonl, TensorBoard, W&B (optional).
+  """All metric sinks of one stage: metrics.jsonl, perf.jsonl, TensorBoard.
 
   Args:
     stage_dir: the stage's folder, e.g. <workdir>/sft.
     resume_step: the step the run restarts from (0 for a fresh run): later lines are dropped
       and TensorBoard is told to purge its later events.
-    wandb_project: a W&B project name to also log there; None (or wandb not installed) skips it.
-    config: a dict stored with the W&B run.
   """
 
-  def __init__(self, stage_dir: str, resume_step: int = 0, *, wandb_project: str | None = None,
-               config: Mapping[str, Any] | None = None):
+  def __init__(self, stage_dir: str, resume_step: int = 0):
     self._active = _is_writer()
     if not self._active:
       return
@@ -125,7 +122,6 @@ class Writer:
     import tensorboardX  # pylint: disable=g-import-not-at-top  # only process 0 needs it
     self._tb = tensorboardX.SummaryWriter(os.path.join(stage_dir, TENSORBOARD_DIR),
                                           purge_step=resume_step + 1, flush_secs=30)
-    self._wandb = _start_wandb(stage_dir, wandb_project, config) if wandb_project else None
 
   @property
   def last_metrics(self) -> dict[str, float]:
@@ -142,8 +138,6 @@ class Writer:
     self._perf.write(step, {k: v for k, v in scalars.items() if is_timing(k)})
     for name, value in scalars.items():
       self._tb.add_scalar(name, value, step)
-    if self._wandb is not None:
-      self._wandb.log(scalars, step=step)
 
   def close(self) -> None:
     if not self._active:
@@ -151,26 +145,6 @@ class Writer:
     self._metrics.close()
     self._perf.close()
     self._tb.close()
-    if self._wandb is not None:
-      self._wandb.finish()
-
-
-def _start_wandb(stage_dir: str, project: str, config: Mapping[str, Any] | None):
-  """A W&B run that resumes the stage's previous one (its id is kept in the stage folder)."""
-  try:
-    import wandb  # pylint: disable=g-import-not-at-top  # optional dependency
-  except ImportError:
-    print('metrics: wandb is not installed; logging to TensorBoard and JSONL only',
-          file=sys.stderr)
-    return None
-  id_file = os.path.join(stage_dir, 'wandb_id')
-  if not os.path.exists(id_file):
-    with open(id_file, 'w') as f:
-      f.write(wandb.util.generate_id())
-  with open(id_file) as f:
-    run_id = f.read().strip()
-  return wandb.init(project=project, id=run_id, resume='allow', dir=stage_dir,
-                    name=os.path.basename(os.path.normpath(stage_dir)), config=dict(config or {}))
 
 
 def _duration(seconds: float) -> str:

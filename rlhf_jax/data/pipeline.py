@@ -57,11 +57,6 @@ from grain import experimental as grain_x
 from rlhf_jax.data import records
 from rlhf_jax.data.tokenizers import Tokenizer
 
-TOKEN_FIELDS = ('tokens', 'mask', 'loss_mask', 'segment_ids', 'positions')
-RANKING_FIELDS = ('tokens', 'mask', 'ranks', 'valid')
-PROMPT_FIELDS = ('tokens', 'mask', 'index')
-
-
 def _prompt_ids(tokenizer: Tokenizer, prompt: str, prompt_len: int,
                 add_bos: bool) -> list[int] | None:
   """bos? + prompt ids, or None when longer than prompt_len (the paper filters such prompts)."""

@@ -40,9 +40,7 @@ class BestParams:
     self.best = {'step': step, 'metric': self.metric, 'value': value}
     if jax.process_index() != 0:
       return
-    with open(self.record_path + '.tmp', 'w') as f:
-      json.dump(self.best, f)
-    os.replace(self.record_path + '.tmp', self.record_path)
+    checkpoint.write_json(self.record_path, self.best)
 
   def summary(self) -> dict:
     """summary.json fields naming the selected checkpoint (empty when nothing was evaluated)."""
