@@ -22,11 +22,16 @@ from rlhf_jax.world import labelers, tasks
 
 BASELINE = 'sft'
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
-# Metadata flags plotted and tabled, in order: (report key, label).
-METADATA_RATES = (('fails_instruction_rate', 'fails instruction'),
-                  ('hallucination_rate', 'hallucination (closed domain)'),
-                  ('inappropriate_rate', 'inappropriate'),
-                  ('constraint_satisfied_rate', 'satisfies constraint'))
+# Metadata flags plotted and tabled, in order: (report key, label); the arrow says which way is
+# better.
+METADATA_RATES = (('fails_instruction_rate', 'fails instruction ↓'),
+                  ('hallucination_rate', 'hallucination (closed domain) ↓'),
+                  ('inappropriate_rate', 'inappropriate ↓'),
+                  ('constraint_satisfied_rate', 'satisfies constraint ↑'))
+# Where the mini world's measurements against the paper's findings are explained.
+EXPERIMENTS_README = 'experiments/instructgpt_mini/README.md'
+# The paper's ordering of its policies by labeler preference (Fig. 1), worst first.
+PAPER_ORDER = ('gpt', 'gpt_prompted', 'sft', 'ppo_ptx')
 
 
 def pair_outcome(ranks: Sequence[int]) -> float:
@@ -152,6 +157,63 @@ def _one_line(text: str) -> str:
   return ' '.join(text.split())
 
 
+def paper_comparison(report: Mapping) -> list[str]:
+  """Sentences saying, for each finding of the paper this report can check, whether it holds.
+
+  The findings: labelers prefer PPO-ptx to SFT (Fig. 1; by the 95% interval of its win rate),
+  the order GPT < prompted GPT < SFT < PPO-ptx (Fig. 1; by point estimates), PPO-ptx
+  hallucinating less than GPT on closed-domain tasks (§1: 21% against 41%), and the ptx term
+  lowering PPO's loss on the pretraining distribution (§4.2). A finding whose policies are not
+  in the report is skipped; when one does not hold, the last sentence says where to read why.
+  """
+  policies = report['policies']
+  lines, held = [], []
+
+  def say(holds: bool, text: str) -> None:
+    held.append(holds)
+    lines.append(text)
+
+  if 'ppo_ptx' in policies:
+    p = policies['ppo_ptx']
+    rate, (lo, hi) = p['win_rate_vs_sft'], p['win_rate_ci']
+    measured = f'PPO-ptx wins {rate:.3f} [{lo:.3f}, {hi:.3f}] against SFT'
+    if lo > 0.5:
+      say(True, f'Reproduced: labelers prefer PPO-ptx to SFT ({measured}; paper, Fig. 1: at '
+                'every model size).')
+    elif hi < 0.5:
+      say(False, f'Not reproduced: labelers prefer SFT to PPO-ptx ({measured}; paper, Fig. 1: '
+                 'PPO-ptx is preferred at every model size).')
+    else:
+      say(False, f'Not shown: {measured}, within the noise of a tie (paper, Fig. 1: PPO-ptx '
+                 'is preferred at every model size).')
+  present = [name for name in PAPER_ORDER if name in policies]
+  if len(present) > 1:
+    rates = [policies[name]['win_rate_vs_sft'] for name in present]
+    order = ' < '.join(present)
+    inverted = [f'{a} {ra:.3f} >= {b} {rb:.3f}'
+                for (a, ra), (b, rb) in zip(zip(present, rates), zip(present[1:], rates[1:]))
+                if ra >= rb]
+    say(not inverted, f'The paper\'s order {order} (Fig. 1) '
+        + ('holds by point estimate.' if not inverted else
+           'does not hold by point estimate: ' + ', '.join(inverted) + '.'))
+  rates = {name: policies[name].get('hallucination_rate') for name in ('gpt', 'ppo_ptx')
+           if name in policies}
+  if len(rates) == 2 and None not in rates.values():
+    fewer = rates['ppo_ptx'] < rates['gpt']
+    say(fewer, f'PPO-ptx hallucinates {"less" if fewer else "no less"} than GPT on closed-domain '
+               f'prompts ({rates["ppo_ptx"]:.3f} against {rates["gpt"]:.3f}; paper: 21% '
+               'against 41%).')
+  if 'ppo' in policies and 'ppo_ptx' in policies:
+    ptx, ppo = policies['ppo_ptx']['pretrain_loss'], policies['ppo']['pretrain_loss']
+    say(ptx < ppo, f'The ptx term {"lowers" if ptx < ppo else "does not lower"} PPO\'s loss on '
+                   f'the pretraining distribution ({ptx:.4f} against {ppo:.4f}; paper §4.2: '
+                   'PPO-ptx reduces the alignment tax).')
+  if not all(held):
+    lines.append(f'Why the mini world differs from the paper, with measurements: '
+                 f'{EXPERIMENTS_README}.')
+  return lines
+
+
 def render_markdown(report: Mapping) -> str:
   """report.md: settings, one table row per policy, public evals, and example responses."""
   policies = report['policies']
@@ -160,14 +222,18 @@ def render_markdown(report: Mapping) -> str:
               f'({report["labelers"]} labelers, one per prompt). Win rate is against the '
               f'`{BASELINE}` baseline with a 95% Wilson interval; a tie counts half. '
               'Hallucination is over closed-domain prompts only.')
-  header = ('| policy | win rate vs sft | 95% CI | Likert | fails instr. | hallucination | '
-            'inappropriate | constraint ok | pretrain loss |')
+  header = ('| policy | win rate vs sft ↑ | 95% CI | Likert ↑ | fails instr. ↓ | hallucination ↓ '
+            '| inappropriate ↓ | constraint ok ↑ | pretrain loss ↓ |')
   chosen = [f'`{name}` at iteration {p["iteration"]} ({p["selected_by"]})'
              for name, p in policies.items() if 'iteration' in p]
   if chosen:
     settings += (' RL policies are evaluated at the iteration chosen on validation prompts: '
                  + ', '.join(chosen) + '.')
-  lines = ['# InstructGPT-mini evaluation', '', settings, '', header, '|' + '---|' * 9]
+  comparison = paper_comparison(report)
+  lines = ['# InstructGPT-mini evaluation', '', settings, '']
+  if comparison:
+    lines += ['## Against the paper', ''] + [f'- {line}' for line in comparison] + ['']
+  lines += [header, '|' + '---|' * 9]
   for name, p in policies.items():
     lo, hi = p['win_rate_ci']
     lines.append(f'| {name} | {_cell(p["win_rate_vs_sft"])} | [{lo:.3f}, {hi:.3f}] | '
@@ -221,7 +287,8 @@ def _plot_metadata(report: Mapping, path: str) -> None:
     values = [p.get(key) for key, _ in METADATA_RATES]
     ax.bar(x + offset, [np.nan if v is None else v for v in values], width, label=name)
   ax.set_xticks(x, [label for _, label in METADATA_RATES], fontsize=8)
-  ax.set(ylim=(0, 1), ylabel='rate', title='Metadata (held-out labelers)')
+  ax.set(ylim=(0, 1), ylabel='rate',
+         title='Metadata (held-out labelers; ↓ lower is better, ↑ higher is better)')
   ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.0, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=120)

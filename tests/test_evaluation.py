@@ -85,10 +85,39 @@ def test_report_renders_every_policy_and_writes_plots(tmp_path):
   markdown = evaluation.render_markdown(report)
   for name in names:
     assert f'| {name} |' in markdown and f'{name} says meat.' in markdown
-  assert 'constraint ok' in markdown and '| - |' in markdown  # no constrained prompt: a dash
+  assert 'constraint ok ↑' in markdown and '| - |' in markdown  # no constrained prompt: a dash
   paths = evaluation.write_plots(report, str(tmp_path))
   assert len(paths) == 3
   for path in paths:
     with open(path, 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   assert not math.isnan(entry['win_rate_ci'][0])
+
+
+def _entry(rate, ci, hallucination=0.3, pretrain_loss=1.0):
+  return {'win_rate_vs_sft': rate, 'win_rate_ci': ci, 'hallucination_rate': hallucination,
+          'pretrain_loss': pretrain_loss}
+
+
+def test_paper_comparison_says_what_holds_and_points_to_the_readme_when_not():
+  won = {'gpt': _entry(0.30, [0.2, 0.4], hallucination=0.4),
+         'gpt_prompted': _entry(0.40, [0.3, 0.5]), 'sft': _entry(0.5, [0.4, 0.6]),
+         'ppo': _entry(0.60, [0.52, 0.68], pretrain_loss=1.3),
+         'ppo_ptx': _entry(0.62, [0.55, 0.69], hallucination=0.2, pretrain_loss=1.1)}
+  lines = evaluation.paper_comparison({'policies': won})
+  assert lines[0].startswith('Reproduced: labelers prefer PPO-ptx to SFT')
+  assert 'gpt < gpt_prompted < sft < ppo_ptx' in lines[1] and 'holds' in lines[1]
+  assert 'hallucinates less' in lines[2] and 'lowers' in lines[3]
+  assert len(lines) == 4  # everything held: no pointer
+
+  lost = dict(won, ppo_ptx=_entry(0.41, [0.34, 0.49], hallucination=0.5, pretrain_loss=1.4))
+  lines = evaluation.paper_comparison({'policies': lost})
+  assert lines[0].startswith('Not reproduced: labelers prefer SFT to PPO-ptx')
+  assert 'does not hold' in lines[1] and lines[1].endswith('sft 0.500 >= ppo_ptx 0.410.')
+  assert 'no less' in lines[2] and 'does not lower' in lines[3]
+  assert lines[-1].endswith(evaluation.EXPERIMENTS_README + '.')
+
+  tied = {'sft': won['sft'], 'ppo_ptx': _entry(0.52, [0.45, 0.59])}
+  lines = evaluation.paper_comparison({'policies': tied})
+  assert lines[0].startswith('Not shown:') and len(lines) == 3  # the order of two holds
+  assert evaluation.paper_comparison({'policies': {'sft': won['sft']}}) == []

@@ -317,7 +317,7 @@ def _headline(report: dict, path: pathlib.Path) -> str:
     halluc = '-' if p['hallucination_rate'] is None else f'{p["hallucination_rate"]:.3f}'
     lines.append(row.format(name, f'{p["win_rate_vs_sft"]:.3f}', f'[{lo:.3f}, {hi:.3f}]',
                             f'{p["likert"]:.2f}', halluc, f'{p["pretrain_loss"]:.4f}'))
-  return '\n'.join(lines)
+  return '\n'.join(lines + [f'[eval] {line}' for line in evaluation.paper_comparison(report)])
 
 
 def run(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
