@@ -199,10 +199,10 @@ def paper_comparison(report: Mapping) -> list[str]:
   rates = {name: policies[name].get('hallucination_rate') for name in ('gpt', 'ppo_ptx')
            if name in policies}
   if len(rates) == 2 and None not in rates.values():
-    fewer = rates['ppo_ptx'] < rates['gpt']
-    say(fewer, f'PPO-ptx hallucinates {"less" if fewer else "no less"} than GPT on closed-domain '
-               f'prompts ({rates["ppo_ptx"]:.3f} against {rates["gpt"]:.3f}; paper: 21% '
-               'against 41%).')
+    ours, base = rates['ppo_ptx'], rates['gpt']
+    how = 'less than' if ours < base else 'as much as' if ours == base else 'more than'
+    say(ours < base, f'PPO-ptx hallucinates {how} GPT on closed-domain prompts ({ours:.3f} '
+                     f'against {base:.3f}; paper: 21% against 41%).')
   if 'ppo' in policies and 'ppo_ptx' in policies:
     ptx, ppo = policies['ppo_ptx']['pretrain_loss'], policies['ppo']['pretrain_loss']
     say(ptx < ppo, f'The ptx term {"lowers" if ptx < ppo else "does not lower"} PPO\'s loss on '
