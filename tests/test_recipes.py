@@ -32,6 +32,7 @@ def test_recipe_stage_validates_and_uses_user_inputs(path, geometry):
 def test_recipe_keeps_the_paper_numbers():
   ppo = config_lib.load_config('configs/recipes/hh/ppo_ptx.py')
   assert (ppo.batch_size, ppo.minibatch_size, ppo.ptx_coef, ppo.kl_coef) == (512, 64, 27.8, 0.02)
+  assert ppo.ptx_per_episode == 8
   rm = config_lib.load_config('configs/recipes/hh/rm.py')
   assert (rm.batch_size, rm.optimizer.lr, rm.epochs) == (64, 9e-6, 1)
 

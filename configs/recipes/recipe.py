@@ -29,9 +29,11 @@ STAGE_FIELDS = {
     # differentiated, 64 rows at a time: whole, their KV cache and logits need 17 (generate),
     # 62 (score) and 16.2 (ppo_step) GB per v5e chip (aot); in chunks every phase fits.
     # No simulated labelers to validate with: the last iteration is kept (valid_prompts 0).
+    # The shipped config is loaded at its default (mini-world) geometry, whose gamma and ptx
+    # rows are the mini world's: the paper's (C.4) are set here.
     'ppo_ptx': dict(episodes=256_000, batch_size=512, minibatch_size=64, lr=1.02e-5,
                     ema_decay=0.992, rollout_chunks=8, ptx_chunks=8, valid_prompts=0,
-                    best_of_n=0),
+                    best_of_n=0, ptx_coef=27.8, ptx_per_episode=8),
     'label': {},
 }
 # (sequence, prompt) tokens; GPT-2's context is 1024. HH dialogues are long with short replies;
