@@ -295,6 +295,7 @@ def _multihost_main(workdir, port, process_id, total, signal_at):
   sys.exit(128 + result.stopped_by if result.stopped_by else 0)
 
 
+@pytest.mark.slow
 def test_signal_to_one_process_stops_every_process_at_one_step(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=2')
