@@ -200,10 +200,6 @@ def _tokens_per_iteration(config: ml_collections.ConfigDict, settings: ppo.PPOSe
 def run_ppo(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
   """Trains the policy of `config` with PPO (ptx_coef 0) or PPO-ptx; returns the stage summary."""
   mesh = common.mesh(config)
-  if ptx_rows(config) % sharding.batch_size_multiple(mesh):
-    raise config_lib.ConfigError(
-        f'ptx_per_episode * minibatch_size = {ptx_rows(config)} pretraining rows per update is '
-        f'not divisible by the mesh batch axes ({sharding.batch_size_multiple(mesh)})')
   tok = common.tokenizer(config, config_lib.to_model_config(config.model))
   settings = ppo.settings_from_config(config, eos_id=tok.eos_id, pad_id=tok.pad_id)
   abstract_state, state_shardings = ppo.abstract_ppo_state(settings, mesh)
