@@ -35,7 +35,7 @@ import numpy as np
 from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 
-from rlhf_jax import checkpoint
+from rlhf_jax import checkpoint, sharding
 from rlhf_jax import metrics as metrics_lib
 
 StepFn = Callable[[Any, Any, jax.Array], tuple[Any, Mapping[str, Any]]]
@@ -157,13 +157,16 @@ def jit_step(fn: Callable[..., Any], *, state_shardings: Any, batch_shardings: A
     out_shardings: default (state_shardings, compiler's choice for the metrics).
 
   Returns:
-    The jitted function; it compiles on the first call and never again for the same shapes.
+    The jitted function; it compiles on the first call and never again for the same shapes. It
+    traces under the mesh of `state_shardings`, so the models' activation constraints apply.
   """
   if out_shardings is _STATE_OUT:
     out_shardings = (state_shardings, None)
   in_shardings = (state_shardings, *extra_shardings, batch_shardings, None)
-  return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
-                 donate_argnums=(0,) if donate_state else ())
+  mesh = next(s.mesh for s in jax.tree.leaves(state_shardings)
+              if isinstance(s, jax.sharding.NamedSharding))
+  return jax.jit(sharding.traced_in_mesh(fn, mesh), in_shardings=in_shardings,
+                 out_shardings=out_shardings, donate_argnums=(0,) if donate_state else ())
 
 
 def shard_batch(batch: Any, shardings: Any) -> Any:

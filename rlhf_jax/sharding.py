@@ -4,6 +4,7 @@ Models annotate parameters with logical names (`vocab, embed, heads, kv_heads, k
 and activations with `act_*` names. `RULES` maps them to the mesh axes ('data', 'fsdp', 'tensor'),
 first match wins and each mesh axis is used at most once per array (flax's resolution order).
 """
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -92,6 +93,22 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   if mesh.empty:
     return x
   return jax.lax.with_sharding_constraint(x, fit_spec(logical_spec(names), x.shape, dict(mesh.shape)))
+
+
+def traced_in_mesh(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+  """`fn` tracing under `mesh`, for jax.jit: `constrain` reads the mesh of the trace, and jit
+  sets none from its shardings, so without this every activation constraint of a jitted step is
+  a no-op and the compiler picks the layouts (issue 21: the PPO update then held the whole
+  minibatch on every device)."""
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  # jit names the program (profiles, compiler dumps) after the function: keep the step's name.
+  named = fn
+  while isinstance(named, functools.partial):
+    named = named.func
+  traced.__name__ = traced.__qualname__ = getattr(named, '__name__', 'step')
+  return traced
 
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh) -> Any:

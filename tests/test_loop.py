@@ -103,6 +103,26 @@ def test_jit_step_donates_and_compiles_once():
   assert int(state.step) == 2
 
 
+
+def test_jit_step_applies_activation_constraints():
+  # The compiler would keep the output split by rows like the input; only the step's constraint,
+  # effective when traced under the mesh, makes it whole on every device.
+  mesh = sharding.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
+  rows = sharding.batch_sharding(mesh, 1)
+
+  def gather_rows(state, batch, rng):
+    del rng
+    return state, {'x': sharding.constrain(batch['x'] * 2, (None, None))}
+
+  step = loop.jit_step(gather_rows, state_shardings=sharding.replicated(mesh),
+                       batch_shardings=rows)
+  batch = loop.shard_batch(next(iter(toy_dataset())), rows)
+  state = jax.device_put(jnp.zeros(()), sharding.replicated(mesh))
+  assert 'jit_gather_rows' in step.lower(state, batch, jax.random.key(0)).as_text()
+  _, metrics = step(state, batch, jax.random.key(0))
+  assert metrics['x'].sharding.is_fully_replicated
+  np.testing.assert_array_equal(metrics['x'], 2 * np.asarray(batch['x']))
+
 def test_metrics_jsonl_content(tmp_path):
   result = toy_run(tmp_path, 7, log_every=3)
   lines = [json.loads(line) for line in read_lines(tmp_path / 'metrics.jsonl')]
