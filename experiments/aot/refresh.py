@@ -51,8 +51,9 @@ def jobs() -> list[tuple[str, str, str | None]]:
 
 
 def _git(*args: str) -> str:
+  # rstrip: a porcelain status line starts with a space when the index matches HEAD.
   return subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True,
-                        check=True).stdout.strip()
+                        check=True).stdout.rstrip()
 
 
 def provenance() -> dict:
