@@ -79,7 +79,8 @@ def phases(settings: ppo.PPOSettings, state_shardings, frozen_shardings, mesh):
   generate = loop.jit_step(functools.partial(experience.generate, settings=settings),
                            state_shardings=state_shardings, batch_shardings=rows,
                            donate_state=False, out_shardings=rows)
-  score = jax.jit(functools.partial(experience.score, settings=settings),
+  score = jax.jit(sharding.traced_in_mesh(functools.partial(experience.score, settings=settings),
+                                          mesh),
                   in_shardings=(state_shardings, frozen_shardings, rows, rows),
                   out_shardings=(rows, None))
   train = loop.jit_step(functools.partial(ppo.ppo_step, settings=settings),
