@@ -21,6 +21,7 @@ def get_config(arg=None):
   c = pretrain.get_config(config_lib.reward_geometry(geometry))
   c.stage = 'pretrain_rm'
   c.pipeline_geometry = geometry  # the policy's: dependencies are loaded at it
+  c.workdir = config_lib.default_workdir(geometry)
   if geometry not in config_lib.PAPER_GEOMETRIES:
     c.total_steps = MINI_STEPS
   return c

@@ -30,6 +30,7 @@ def get_config(arg=None):
   c = config_lib.base_config(rm_geometry)
   c.stage = 'rm'
   c.pipeline_geometry = geometry  # the policy's: dependencies are loaded at it
+  c.workdir = config_lib.default_workdir(geometry)
   c.mesh = config_lib.mesh_for(rm_geometry)
   if geometry in config_lib.PAPER_GEOMETRIES:
     c.topology, mesh, c.model.remat = SCALE

@@ -20,6 +20,7 @@ def get_config(arg=None):
   c = sft.get_config(config_lib.reward_geometry(geometry))
   c.stage = 'sft_rm'
   c.pipeline_geometry = geometry  # the policy's: dependencies are loaded at it
+  c.workdir = config_lib.default_workdir(geometry)
   c.init_from = 'pretrain_rm'
   c.select_by = 'valid_loss'
   if geometry not in config_lib.PAPER_GEOMETRIES:

@@ -100,11 +100,17 @@ def to_model_config(model: ml_collections.ConfigDict) -> ModelConfig:
   return ModelConfig(**fields)
 
 
+def default_workdir(geometry: str) -> str:
+  """Each pipeline geometry runs in its own workdir by default, so a run at one geometry never
+  finds another's stages complete."""
+  return 'runs/mini' if geometry == 'tiny' else f'runs/mini-{geometry}'
+
+
 def base_config(geometry: str = 'tiny') -> ml_collections.ConfigDict:
   """Fields every stage shares, named the same everywhere."""
   c = ml_collections.ConfigDict()
   c.stage = ''
-  c.workdir = 'runs/mini'
+  c.workdir = default_workdir(geometry)
   c.seed = 0
   c.model = model_config_dict(geometry)
   # Mesh axis sizes; one may be -1 (all remaining devices).

@@ -17,6 +17,8 @@ config_flags.DEFINE_config_file('config', 'configs/ppo_ptx.py', 'Stage config fi
 flags.DEFINE_string('workdir', None, 'Run directory (overrides config.workdir).')
 flags.DEFINE_bool('dry_run', False, 'Validate and describe the run without allocating parameters.')
 flags.DEFINE_bool('force', False, 'Re-run the stage even if its folder is complete.')
+flags.DEFINE_string('reuse_from', None, 'A workdir whose complete stages this stage reads are '
+                    'linked into --workdir first (a sweep trains only the stage it varies).')
 
 
 def describe(config) -> str:
@@ -70,6 +72,10 @@ def main(argv):
     config_lib.validate(config)
     distributed.initialize_from_flags()  # before any device is touched
     config_dir = pathlib.Path(config_flags.get_config_filename(FLAGS['config'])).parent
+    if FLAGS.reuse_from:
+      linked = stages.link_inputs(config, FLAGS.reuse_from)
+      print(f'[{config.stage}] reusing {", ".join(linked) or "nothing"} from {FLAGS.reuse_from}',
+            flush=True)
     stages.run(config, config_dir, force=FLAGS.force)
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)

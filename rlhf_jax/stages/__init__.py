@@ -5,6 +5,7 @@ once it holds `summary.json`. Running a stage first runs (with the same geometry
 every stage it needs whose folder is not complete, so the main command works on a fresh machine.
 """
 import contextlib
+import datetime
 import fcntl
 import importlib
 import os
@@ -21,6 +22,7 @@ from jax.experimental import multihost_utils
 from rlhf_jax import checkpoint, config_lib, loop
 from rlhf_jax.data import pipeline, records
 from rlhf_jax.models import hf
+from rlhf_jax.stages import provenance
 
 
 class WorkdirError(RuntimeError):
@@ -117,6 +119,8 @@ def needs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     supplied.add(default_init)
     if init_from in NEEDS and init_from not in NEEDS[config.stage]:
       instead = (init_from,)  # another stage's model (a recipe's RM starts from 'sft')
+  if str(config.get('reward_from') or 'rm') != 'rm':  # another folder's reward model
+    supplied.add('rm')
   data = config.get('data') or {}
   if data.get('tokenizer'):
     supplied.add('world')
@@ -127,45 +131,154 @@ def needs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(n for n in NEEDS[config.stage] if n not in supplied) + instead
 
 
+def inputs(config: ml_collections.ConfigDict) -> dict[str, pathlib.Path]:
+  """Every folder whose output `config.stage` reads, by stage name (or absolute path for a
+  folder given in the config): its `needs`, the folders named by `init_from`, `reward_from` and
+  `baseline_from`, and for the eval stage the policies' stages that are complete."""
+  sources = list(needs(config))
+  for field in ('init_from', 'reward_from', 'baseline_from'):
+    value = str(config.get(field) or '')
+    if value and value not in NEEDS and not value.startswith('hf:'):
+      sources.append(str(pathlib.Path(value).resolve()))
+  if config.stage == 'eval':
+    from rlhf_jax.stages import eval as eval_stage  # pylint: disable=g-import-not-at-top  # imports us
+    sources += list(eval_stage.policy_stages(config).values())
+  folders = {source: (stage_dir(config.workdir, source) if source in NEEDS
+                      else pathlib.Path(source)) for source in dict.fromkeys(sources)}
+  return {source: folder for source, folder in folders.items()
+          if checkpoint.is_complete(str(folder))}
+
+
+def link_inputs(config: ml_collections.ConfigDict, source_workdir: str) -> list[str]:
+  """Links into `config.workdir` every complete stage of `source_workdir` that `config.stage`
+  reads, directly or through its inputs, where the workdir has none: a sweep over one stage's
+  settings then trains only that stage (and what follows it). The links are folders the workdir
+  only reads; a stage run again in it (forced, or made stale) replaces its link, never the
+  source. Returns the folders linked.
+
+  Raises:
+    WorkdirError: `source_workdir` is the workdir itself.
+  """
+  source = pathlib.Path(source_workdir).resolve()
+  if source == pathlib.Path(config.workdir).resolve():
+    raise WorkdirError(f'--reuse_from={source_workdir} is the workdir itself')
+  wanted, todo = set(), list(needs(config))
+  while todo:
+    stage = todo.pop()
+    if stage not in wanted:
+      wanted.add(stage)
+      todo.extend(NEEDS[stage])
+  links = {stage_dir(config.workdir, stage): stage_dir(str(source), stage)
+           for stage in NEEDS if stage in wanted}  # pipeline order
+  links = {here: there for here, there in links.items()
+           if not os.path.lexists(here) and checkpoint.is_complete(str(there))}
+
+  def link():
+    for here, there in links.items():
+      here.parent.mkdir(parents=True, exist_ok=True)
+      here.symlink_to(there, target_is_directory=True)
+  _on_all_processes(link)
+  return [here.name for here in links]
+
+
 def run(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path = 'configs',
         force: bool = False) -> dict:
-  """Runs `config.stage` after any missing inputs, then the stages in `config.then` (if any).
+  """Runs `config.stage` after any missing or stale inputs, then the stages in `config.then`.
+
+  A complete stage is reused only for the config it was made with (otherwise a WorkdirError
+  names the fields that differ; `force` trains it again) and only while the inputs it read are
+  still the ones in the workdir: a stage whose input was made again since is run again, and so
+  is every stage after it.
 
   Returns:
     The summary of `config.stage`.
   """
+  result = _run(config, pathlib.Path(config_dir), force, compare_config=True)
+  for follow_up in config.get('then', ()):
+    # A follow-up (the main job's eval) is reused whatever config it was run with, as long as
+    # its inputs are the same.
+    _run(dependency_config(config, follow_up, pathlib.Path(config_dir)), pathlib.Path(config_dir),
+         force=False, compare_config=False)
+  return result
+
+
+def _run(config: ml_collections.ConfigDict, config_dir: pathlib.Path, force: bool,
+         compare_config: bool) -> dict:
+  """`config.stage` after its inputs: a missing one is run with its shipped config
+  (`dependency_config`), a stale one again with its own."""
   stage = config.stage
   if stage not in NEEDS:
     raise config_lib.ConfigError(f'stage {stage!r} unknown; known: {", ".join(NEEDS)}')
   for need in needs(config):
     if summary(config.workdir, need) is None:
       print(f'[{stage}] input {need!r} missing in {config.workdir}: running it first', flush=True)
-      run(dependency_config(config, need, pathlib.Path(config_dir)), config_dir)
-  result = _run_stage(config, force)
-  for follow_up in config.get('then', ()):
-    run(dependency_config(config, follow_up, pathlib.Path(config_dir)), config_dir)
-  return result
+      run(dependency_config(config, need, config_dir), config_dir)
+    else:
+      _rerun_if_stale(config.workdir, need)
+  return _run_stage(config, force, compare_config)
 
 
-def _run_stage(config: ml_collections.ConfigDict, force: bool) -> dict:
+def _rerun_if_stale(workdir: str, stage: str) -> None:
+  """Runs the complete stage `stage` again, with the config it was made with, when an input it
+  read (directly or through its own inputs) was made again since."""
+  recorded = provenance.read(stage_dir(workdir, stage))
+  if recorded is None:
+    return  # made before stages recorded their provenance: nothing to compare
+  for source in recorded['inputs']:
+    if source in NEEDS and summary(workdir, source) is not None:
+      _rerun_if_stale(workdir, source)
+  config = ml_collections.ConfigDict(recorded['config'])
+  config.workdir = workdir
+  if provenance.changed_inputs(recorded, inputs(config)):
+    _run_stage(config, force=False, compare_config=False)
+
+
+def _run_stage(config: ml_collections.ConfigDict, force: bool, compare_config: bool) -> dict:
   """Runs `config.stage` itself unless complete (or forced); writes and returns its summary.
 
-  The stage's folder is locked for the run (`_stage_lock`); a forced run sets the old output
-  aside until it starts (`_forced`). The summary lists the records the stage's datasets dropped
-  ('data_dropped', only when some were).
+  A complete stage is reused when its recorded inputs are the workdir's current ones, and (with
+  `compare_config`) its recorded config is `config`; an interrupted one is resumed on the same
+  terms, even when forced. The stage's folder is locked for the run (`_stage_lock`); a run that
+  starts over sets the old output aside until it starts (`_forced`). The summary lists the
+  records the stage's datasets dropped ('data_dropped', only when some were).
+
+  Raises:
+    WorkdirError: the folder holds a run of another config and `force` is not set.
   """
   stage = config.stage
   folder = stage_dir(config.workdir, stage)
   with _stage_lock(folder):
     _restore_set_aside(folder)
     done = summary(config.workdir, stage)
-    if done is not None and not force:
+    recorded = provenance.read(folder)
+    reads = inputs(config)
+    changes = (provenance.config_changes(recorded, config)
+               if recorded is not None and (compare_config or done is None) else [])
+    if changes and not force:
+      what = 'is complete' if done is not None else 'holds an interrupted run'
+      raise WorkdirError(f'{folder} {what} with another config ({"; ".join(changes[:4])}'
+                         f'{"; ..." if len(changes) > 4 else ""}): use another --workdir, or '
+                         '--force to train it again')
+    made_again = provenance.changed_inputs(recorded, reads) if recorded is not None else []
+    if done is not None and not force and not made_again:
       print(f'[{stage}] already complete in {folder}', flush=True)
       return done
+    if made_again:
+      print(f'[{stage}] {", ".join(made_again)} changed since {folder} was made: running it '
+            'again', flush=True)
+    # A forced run that was interrupted resumes: only a complete folder, another config or
+    # other inputs make the run start over.
+    start_over = done is not None or bool(changes) or bool(made_again) or (
+        force and recorded is None)
     start = time.time()
     module, function = RUNNERS[stage].split(':')
     runner = getattr(importlib.import_module(f'rlhf_jax.stages.{module}'), function)
-    with _forced(folder, force and stage not in SHARED_FOLDERS):
+    # A linked folder (`link_inputs`) is another workdir's: never rewritten in place.
+    with _forced(folder, start_over and (stage not in SHARED_FOLDERS or folder.is_symlink())):
+
+      def write_provenance():
+        provenance.write(folder, provenance.record(config, reads))
+      _on_all_processes(write_provenance)
       with pipeline.collecting_drops() as dropped:
         result = runner(config, folder)
     return _finish(config, folder, result, start, dropped)
@@ -175,7 +288,10 @@ def _finish(config: ml_collections.ConfigDict, folder: pathlib.Path, result: dic
             dropped: list[dict]) -> dict:
   """Completes the summary of `config.stage`, writes it (marking the stage done), returns it."""
   stage = config.stage
-  result = dict(result, stage=stage, seconds=round(time.time() - start, 1))
+  # 'finished' makes every completion's summary.json unique, which is how the stages that read
+  # this one tell a new completion from the one they read (stages.provenance).
+  result = dict(result, stage=stage, seconds=round(time.time() - start, 1),
+                finished=datetime.datetime.now(datetime.timezone.utc).isoformat())
   if dropped:
     result['data_dropped'] = dropped
   if 'model' in config:  # later stages rebuild this stage's geometry from its summary
@@ -278,7 +394,10 @@ def _forced(folder: pathlib.Path, force: bool):
     folder.rename(aside)
 
   def remove_old():
-    shutil.rmtree(aside)
+    if aside.is_symlink():  # a stage linked from another workdir (`link_inputs`): not ours
+      aside.unlink()
+    else:
+      shutil.rmtree(aside)
 
   def start():
     nonlocal started
