@@ -22,18 +22,13 @@ import sys
 # "Removed": within two standard errors of the validation-text NLL (4 batches of 64 x 128
 # tokens give about +-0.005 nats).
 TOLERANCE = 0.01
-INPUTS = ('data', 'sft', 'sft_init', 'rm')
 
 
 def run_gamma(workdir: pathlib.Path, out: pathlib.Path, gamma: float, seed: int) -> dict:
   """PPO-ptx at `gamma` from workdir's inputs (linked, never modified); its summary."""
-  out.mkdir(parents=True, exist_ok=True)
-  for name in INPUTS:
-    link = out / name
-    if not link.exists():
-      link.symlink_to((workdir / name).resolve(), target_is_directory=True)
   command = [sys.executable, '-m', 'rlhf_jax.main', '--config=configs/ppo_ptx.py',
-             f'--workdir={out}', f'--config.seed={seed}', f'--config.ptx_coef={gamma}',
+             f'--workdir={out}', f'--reuse_from={workdir}', f'--config.seed={seed}',
+             f'--config.ptx_coef={gamma}',
              # The best-of-n check depends on SFT and the RM only: the main job has it.
              '--config.best_of_n=0', '--config.then=()']
   print('$', ' '.join(command[1:]), flush=True)
