@@ -16,13 +16,13 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from rlhf_jax import checkpoint, config_lib, hf, sampling, sharding, stages, state
+from rlhf_jax import checkpoint, config_lib, sampling, sharding, stages, state
 from rlhf_jax.data import records
 from rlhf_jax.data.tokenizers import load_tokenizer
+from rlhf_jax.hf import HFError, cli
+from rlhf_jax.hf.exporter import export_hf
+from rlhf_jax.hf.importer import hf_model_config, load_hf
 from rlhf_jax.models import LanguageModel, ScalarModel, last_token_value
-from rlhf_jax.models.hf import HFError
-from rlhf_jax.models.hf_export import export_hf
-from rlhf_jax.models.hf_import import hf_model_config, load_hf
 
 torch.set_num_threads(1)
 V = 128  # A multiple of 128: no padded rows, so greedy decoding compares every logit.
@@ -258,12 +258,12 @@ def test_cli_exports_a_stage_checkpoint(tmp_path):
   out, err = io.StringIO(), io.StringIO()
   argv = ['hf', 'export', f'--checkpoint={stage}', f'--config={config_file}:tiny',
           f'--out={tmp_path / "hf"}']
-  assert hf.main(argv, out, err) == 0, err.getvalue()
+  assert cli.main(argv, out, err) == 0, err.getvalue()
   loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf').eval()
   tokens, mask = _batch()
   ours = _logits(model, params, tokens, mask)
   np.testing.assert_allclose(_hf_logits(loaded, tokens, mask)[mask], ours[mask], atol=1e-4)
-  assert hf.main(argv, out, err) == 1 and 'not empty' in err.getvalue()
+  assert cli.main(argv, out, err) == 1 and 'not empty' in err.getvalue()
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 
 from rlhf_jax import checkpoint, config_lib, loop
 from rlhf_jax.data import pipeline, records
-from rlhf_jax.models import hf
+from rlhf_jax import hf
 
 
 class WorkdirError(RuntimeError):

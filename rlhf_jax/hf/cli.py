@@ -25,9 +25,9 @@ import flax.linen as nn
 from absl import flags
 
 from rlhf_jax import checkpoint, config_lib, sharding, state
-from rlhf_jax.models.hf import HFError
-from rlhf_jax.models.hf_export import export_hf
-from rlhf_jax.models.hf_import import hf_model_config
+from rlhf_jax.hf import HFError
+from rlhf_jax.hf.exporter import export_hf
+from rlhf_jax.hf.importer import hf_model_config
 
 COMMANDS = ('export', 'inspect')
 USAGE = ('usage: python -m rlhf_jax.hf export --checkpoint=STAGE_DIR --out=DIR '
@@ -114,7 +114,3 @@ def main(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr
     return EXIT_BAD_INPUT
   print(f'{path}: exported', file=out)
   return EXIT_OK
-
-
-if __name__ == '__main__':
-  sys.exit(main(sys.argv))
