@@ -266,6 +266,28 @@ def test_cli_exports_a_stage_checkpoint(tmp_path):
   assert cli.main(argv, out, err) == 1 and 'not empty' in err.getvalue()
 
 
+def test_cli_help_lists_commands_and_flags_and_usage_errors_are_one_line():
+  out, err = io.StringIO(), io.StringIO()
+  assert cli.main(['hf', '--help'], out, err) == 0
+  text = out.getvalue()
+  assert 'python -m rlhf_jax.hf export' in text and 'python -m rlhf_jax.hf inspect' in text
+  for flag in ('checkpoint', 'out', 'config', 'tokenizer', 'dtype'):
+    assert f'  --{flag}: ' in text
+  for argv in (['hf'], ['hf', 'convert'], ['hf', 'export', '--bogus'],
+               ['hf', 'export', '--out=x'], ['hf', 'inspect']):
+    err = io.StringIO()
+    assert cli.main(argv, io.StringIO(), err) == 2, argv
+    assert err.getvalue().startswith('error: ') and err.getvalue().count('\n') == 1, argv
+
+
+@pytest.mark.slow
+def test_module_help_exits_0():
+  result = subprocess.run([sys.executable, '-m', 'rlhf_jax.hf', '--help'], capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert '--checkpoint' in result.stdout
+
+
 @pytest.mark.slow
 def test_sft_stage_starts_from_a_hf_folder(tmp_path):
   folder = tmp_path / 'gpt2'

@@ -11,6 +11,8 @@
       config.json names no bos/eos ids.
   python -m rlhf_jax.hf inspect DIR
       Prints the ModelConfig a Hugging Face folder imports as.
+  python -m rlhf_jax.hf --help
+      Prints this text and the flags.
 
 Errors print one line on stderr. Exit status: 0 on success, 1 for a bad checkpoint or folder,
 2 for a usage error.
@@ -30,9 +32,7 @@ from rlhf_jax.hf.exporter import export_hf
 from rlhf_jax.hf.importer import hf_model_config
 
 COMMANDS = ('export', 'inspect')
-USAGE = ('usage: python -m rlhf_jax.hf export --checkpoint=STAGE_DIR --out=DIR '
-         '[--config=FILE[:geometry]] [--role=ROLE] [--tokenizer=DIR] [--dtype=DTYPE]\n'
-         '       python -m rlhf_jax.hf inspect DIR')
+HELP_FLAGS = ('-h', '-help', '--help')
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE = 0, 1, 2
 
 
@@ -81,14 +81,23 @@ def run_tokenizer(stage_dir: str, config) -> str | None:
   return os.fspath(path) if os.path.exists(path) else None
 
 
+def _help(fv: flags.FlagValues) -> str:
+  """This module's docstring and every flag with its help text."""
+  lines = [f'  --{f.name}: {f.help}' for f in fv.get_flags_for_module(__name__)]
+  return __doc__.rstrip() + '\n\nFlags:\n' + '\n'.join(lines)
+
+
 def _usage_error(message: str, err: TextIO) -> int:
-  print(f'error: {message}\n{USAGE}', file=err)
+  print(f'error: {message} (python -m rlhf_jax.hf --help lists the commands and flags)', file=err)
   return EXIT_USAGE
 
 
 def main(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
   """Runs the command in argv (argv[0] is the program name); returns the exit status."""
   fv = _flag_values()
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    print(_help(fv), file=out)
+    return EXIT_OK
   try:
     args = fv(list(argv))[1:]
   except flags.Error as e:
