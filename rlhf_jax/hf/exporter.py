@@ -180,7 +180,7 @@ def _save_tokenizer(tok, tokenizer_dir: str, out_dir: str) -> None:
 
 def export_hf(params: Any, config: ModelConfig, out_dir: str | os.PathLike, *, head: str = 'lm',
               tokenizer_dir: str | os.PathLike | None = None, pad_id: int | None = None,
-              dtype: str | None = None) -> str:
+              dtype: str | None = None, model_card: str | None = None) -> str:
   """Writes config.json, model.safetensors (and the tokenizer) that transformers loads.
 
   Args:
@@ -195,6 +195,7 @@ def export_hf(params: Any, config: ModelConfig, out_dir: str | os.PathLike, *, h
       config.json. Without it bos/eos are left unset: no transformers default is made up.
     pad_id: pad token id when no tokenizer_dir is given (required for head='scalar').
     dtype: tensor dtype ('float32', 'bfloat16', 'float16'); default config.param_dtype.
+    model_card: the text of README.md, written with the rest.
 
   Returns:
     out_dir.
@@ -230,6 +231,9 @@ def export_hf(params: Any, config: ModelConfig, out_dir: str | os.PathLike, *, h
   try:
     if tok is not None:
       _save_tokenizer(tok, os.fspath(tokenizer_dir), tmp)
+    if model_card is not None:
+      with open(os.path.join(tmp, 'README.md'), 'w', encoding='utf-8') as f:
+        f.write(model_card)
     hf_config = _hf_config(config, family, head, ids, dtype, rows)
     if head == 'lm' and rows > (config.real_vocab_size or config.vocab_size):
       _generation_config(hf_config, rows - 1).save_pretrained(tmp)
