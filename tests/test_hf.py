@@ -273,6 +273,8 @@ def test_cli_help_lists_commands_and_flags_and_usage_errors_are_one_line():
   out, err = io.StringIO(), io.StringIO()
   assert cli.main(['hf', '--help'], out, err) == 0
   text = out.getvalue()
+  short = io.StringIO()
+  assert cli.main(['hf', 'export', '-h'], short, err) == 0 and short.getvalue() == text
   assert 'python -m rlhf_jax.hf export' in text and 'python -m rlhf_jax.hf inspect' in text
   for flag in ('checkpoint', 'out', 'config', 'ppo_params', 'tokenizer', 'dtype', 'push_to_hub'):
     assert f'  --{flag}: ' in text

@@ -42,7 +42,6 @@ from rlhf_jax.stages import common
 from rlhf_jax.stages import eval as eval_stage
 
 COMMANDS = ('export', 'inspect')
-HELP_FLAGS = ('-h', '-help', '--help')
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE = 0, 1, 2
 
 
@@ -62,6 +61,8 @@ def _flag_values() -> flags.FlagValues:
                     'Tensor dtype (default: the model param dtype).', flag_values=fv)
   flags.DEFINE_string('push_to_hub', None, 'Hugging Face Hub repository (user/name) to upload '
                       'the exported folder to.', flag_values=fv)
+  flags.DEFINE_bool('help', False, 'Prints the commands and flags.', short_name='h',
+                    flag_values=fv)
   return fv
 
 
@@ -157,13 +158,13 @@ def _usage_error(message: str, err: TextIO) -> int:
 def main(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
   """Runs the command in argv (argv[0] is the program name); returns the exit status."""
   fv = _flag_values()
-  if any(a in HELP_FLAGS for a in argv[1:]):
-    print(_help(fv), file=out)
-    return EXIT_OK
   try:
     args = fv(list(argv))[1:]
   except flags.Error as e:
     return _usage_error(str(e), err)
+  if fv.help:
+    print(_help(fv), file=out)
+    return EXIT_OK
   if not args or args[0] not in COMMANDS:
     return _usage_error(f'expected a command, one of {COMMANDS}', err)
   try:
