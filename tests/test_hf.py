@@ -267,6 +267,10 @@ def test_cli_exports_a_stage_checkpoint(tmp_path):
   ours = _logits(model, params, tokens, mask)
   np.testing.assert_allclose(_hf_logits(loaded, tokens, mask)[mask], ours[mask], atol=1e-4)
   assert cli.main(argv, out, err) == 1 and 'not empty' in err.getvalue()
+  err = io.StringIO()
+  assert cli.main([*argv[:-1], f'--out={tmp_path / "raw"}', '--ppo_params=policy'], out, err) == 1
+  assert err.getvalue() == (f'error: {stage}: --ppo_params picks the policy of a PPO stage; this '
+                            'is not one\n')
 
 
 def test_cli_help_lists_commands_and_flags_and_usage_errors_are_one_line():

@@ -53,8 +53,9 @@ def _flag_values() -> flags.FlagValues:
   flags.DEFINE_string('out', None, 'Output folder (must not exist or be empty).', flag_values=fv)
   flags.DEFINE_string('config', None, 'Stage config file[:geometry] (default: '
                       'configs/<stage folder name>.py).', flag_values=fv)
-  flags.DEFINE_enum('ppo_params', 'ema', list(eval_stage.PPO_PARAMS),
-                    'Which policy of a PPO stage: its EMA or the raw one.', flag_values=fv)
+  flags.DEFINE_enum('ppo_params', None, list(eval_stage.PPO_PARAMS),
+                    'Which policy of a PPO stage: its EMA (default) or the raw one.',
+                    flag_values=fv)
   flags.DEFINE_string('tokenizer', None, 'Tokenizer to ship with the model (HF folder or '
                       'sentencepiece model; default: the run\'s own).', flag_values=fv)
   flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16', 'float16'],
@@ -94,13 +95,18 @@ def _report(workdir: str) -> dict | None:
 
 
 def export_checkpoint(stage_dir: str, config: ml_collections.ConfigDict, config_source: str,
-                      out_dir: str, *, ppo_params: str = 'ema', tokenizer_dir: str | None = None,
-                      dtype: str | None = None) -> str:
+                      out_dir: str, *, ppo_params: str | None = None,
+                      tokenizer_dir: str | None = None, dtype: str | None = None) -> str:
   """Exports the model a completed stage of `config` (in config.workdir) trained, loaded sharded
-  over the config's mesh, with its model card; returns out_dir."""
+  over the config's mesh, with its model card; returns out_dir. `ppo_params` picks a PPO
+  stage's policy ('ema', the default, or 'policy')."""
   summary = checkpoint.read_summary(stage_dir)
   if summary is None:
     raise FileNotFoundError(f'{stage_dir}: stage not complete (no summary.json)')
+  ppo_stage = summary.get('stage') in config_lib.PPO_STAGES
+  if ppo_params is not None and not ppo_stage:
+    raise HFError(f'{stage_dir}: --ppo_params picks the policy of a PPO stage; this is not one')
+  ppo_params = ppo_params or 'ema'
   model, head = _shipped_model(config, summary)
   reward_bias = summary.get('reward_bias')
   if head == 'scalar' and reward_bias is None:
@@ -115,8 +121,7 @@ def export_checkpoint(stage_dir: str, config: ml_collections.ConfigDict, config_
     params = _reward_params(stage_dir, model, mesh, reward_bias)
   card = model_card.model_card(
       config.stage, head, summary, config, config_source, _report(config.workdir),
-      ppo_params=ppo_params if summary.get('stage') in config_lib.PPO_STAGES else None,
-      reward_bias=reward_bias)
+      ppo_params=ppo_params if ppo_stage else None, reward_bias=reward_bias)
   return export_hf(params, model, out_dir, head=head, tokenizer_dir=tokenizer_dir, dtype=dtype,
                    model_card=card)
 
