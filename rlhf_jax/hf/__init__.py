@@ -1,8 +1,9 @@
 """Hugging Face folders <-> rlhf_jax: architecture families and tensor layouts (`families`),
-import (`importer.load_hf`), export (`exporter.export_hf`), and the command line
-(`python -m rlhf_jax.hf`, `cli`).
+import (`importer.load_hf`), export (`exporter.export_hf`) with its model card (`model_card`), and
+the command line (`python -m rlhf_jax.hf`, `cli`).
 
-Only this package reads or writes Hugging Face files; `models/` holds the model code alone.
+Only this package reads or writes Hugging Face model folders (tokenizers, HF's included, are
+`data/tokenizers.py`'s); `models/` holds the model code alone.
 """
 
 
