@@ -8,7 +8,11 @@ import shutil
 import subprocess
 import sys
 
-from rlhf_jax import checkpoint, config_lib
+import jax
+import optax
+
+from rlhf_jax import checkpoint, config_lib, ppo, state
+from rlhf_jax.stages import common
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORLD_SCALE = 0.01
@@ -78,3 +82,25 @@ def save_stage(stage_dir: pathlib.Path, role: str, model_dict, head: str, params
   ckpt.close()
   checkpoint.write_summary(str(stage_dir), dict(summary, checkpoint_step=1,
                                                 model=model_dict.to_dict()))
+
+
+def fake_ppo_stage(workdir: pathlib.Path, name: str, policy_from: str, ema_from: str) -> None:
+  """A completed PPO stage `name` (ppo or ppo_ptx) whose PPOState holds `policy_from`'s params
+  as the raw policy and `ema_from`'s as the EMA (what the real stage writes, minus training)."""
+  config = stage_config('sft', workdir)
+  model = config_lib.to_model_config(config.model)
+  mesh = common.mesh(config)
+  policy = common.load_init_params(policy_from, str(workdir), model, 'lm', mesh)
+  ema = common.load_init_params(ema_from, str(workdir), model, 'lm', mesh)
+  tx = optax.adam(1e-3)
+  ppo_state = ppo.PPOState(step=jax.numpy.zeros((), jax.numpy.int32),
+                           policy=state.create_train_state(policy, tx),
+                           value=state.create_train_state({'w': jax.numpy.ones(3)}, tx),
+                           ema_params=ema, kl_coef=jax.numpy.asarray(0.02))
+  stage_dir = workdir / name
+  saver = checkpoint.Checkpointer(str(stage_dir), checkpoint.fingerprint({'policy': (model, 'lm')}))
+  saver.save(1, ppo_state)
+  saver.wait()
+  saver.close()
+  checkpoint.write_summary(str(stage_dir), {'checkpoint_step': 1, 'model': config.model.to_dict(),
+                                            'stage': name})

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from rlhf_jax import config_lib, hf
+from rlhf_jax.hf import cli as hf_cli
 from rlhf_jax.data import __main__ as data_cli
 from rlhf_jax.data.tokenizers import train_sentencepiece
 
@@ -185,7 +186,7 @@ def _gpt2_folder(path, **changes):
 def test_hf_inspect_of_bad_sizes(changes, message, tmp_path):
   folder = _gpt2_folder(tmp_path / 'm', **changes)
   out, err = io.StringIO(), io.StringIO()
-  assert hf.main(['hf', 'inspect', folder], out, err) == 1
+  assert hf_cli.main(['hf', 'inspect', folder], out, err) == 1
   assert _one_line(err.getvalue()) == f'error: {folder}/config.json: {message}'
 
 
@@ -197,7 +198,7 @@ def test_hf_inspect_of_bad_sizes(changes, message, tmp_path):
      'names shard "/etc/hostname", not a file inside'),
 ])
 def test_hf_malformed_index(index, message, tmp_path):
-  from rlhf_jax.models.hf_import import load_hf
+  from rlhf_jax.hf.importer import load_hf
   folder = _gpt2_folder(tmp_path / 'm')
   (tmp_path / 'm' / 'model.safetensors.index.json').write_text(json.dumps(index))
   with pytest.raises(hf.HFError, match=message):
@@ -205,7 +206,7 @@ def test_hf_malformed_index(index, message, tmp_path):
 
 
 def test_hf_truncated_safetensors(tmp_path):
-  from rlhf_jax.models.hf_import import load_hf
+  from rlhf_jax.hf.importer import load_hf
   folder = _gpt2_folder(tmp_path / 'm')
   (tmp_path / 'm' / 'model.safetensors').write_bytes((10**6).to_bytes(8, 'little') + b'{}')
   with pytest.raises(hf.HFError, match='header size 1000000 exceeds the file size 10'):
@@ -213,7 +214,7 @@ def test_hf_truncated_safetensors(tmp_path):
 
 
 def test_hf_export_to_a_file(tmp_path):
-  from rlhf_jax.models.hf_export import export_hf
+  from rlhf_jax.hf.exporter import export_hf
   out = tmp_path / 'model'
   out.write_text('not a folder')
   config = config_lib.to_model_config(config_lib.model_config_dict('tiny'))

@@ -10,19 +10,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import huggingface_hub
 import pytest
 import tokenizers
 import torch
 import transformers
 from safetensors.numpy import load_file, save_file
+from stage_fixtures import REPO, copy_workdir, fake_ppo_stage
 
-from rlhf_jax import checkpoint, config_lib, hf, sampling, sharding, stages, state
+from rlhf_jax import checkpoint, config_lib, rm, sampling, sharding, stages, state
 from rlhf_jax.data import records
 from rlhf_jax.data.tokenizers import load_tokenizer
+from rlhf_jax.hf import HFError, cli
+from rlhf_jax.hf.exporter import export_hf
+from rlhf_jax.hf.importer import hf_model_config, load_hf
 from rlhf_jax.models import LanguageModel, ScalarModel, last_token_value
-from rlhf_jax.models.hf import HFError
-from rlhf_jax.models.hf_export import export_hf
-from rlhf_jax.models.hf_import import hf_model_config, load_hf
+from rlhf_jax.stages import common, world
 
 torch.set_num_threads(1)
 V = 128  # A multiple of 128: no padded rows, so greedy decoding compares every logit.
@@ -258,12 +261,147 @@ def test_cli_exports_a_stage_checkpoint(tmp_path):
   out, err = io.StringIO(), io.StringIO()
   argv = ['hf', 'export', f'--checkpoint={stage}', f'--config={config_file}:tiny',
           f'--out={tmp_path / "hf"}']
-  assert hf.main(argv, out, err) == 0, err.getvalue()
+  assert cli.main(argv, out, err) == 0, err.getvalue()
   loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf').eval()
   tokens, mask = _batch()
   ours = _logits(model, params, tokens, mask)
   np.testing.assert_allclose(_hf_logits(loaded, tokens, mask)[mask], ours[mask], atol=1e-4)
-  assert hf.main(argv, out, err) == 1 and 'not empty' in err.getvalue()
+  assert cli.main(argv, out, err) == 1 and 'not empty' in err.getvalue()
+  err = io.StringIO()
+  assert cli.main([*argv[:-1], f'--out={tmp_path / "raw"}', '--ppo_params=policy'], out, err) == 1
+  assert err.getvalue() == (f'error: {stage}: --ppo_params picks the policy of a PPO stage; this '
+                            'is not one\n')
+
+
+def test_cli_help_lists_commands_and_flags_and_usage_errors_are_one_line():
+  out, err = io.StringIO(), io.StringIO()
+  assert cli.main(['hf', '--help'], out, err) == 0
+  text = out.getvalue()
+  short = io.StringIO()
+  assert cli.main(['hf', 'export', '-h'], short, err) == 0 and short.getvalue() == text
+  assert 'python -m rlhf_jax.hf export' in text and 'python -m rlhf_jax.hf inspect' in text
+  for flag in ('checkpoint', 'out', 'config', 'ppo_params', 'tokenizer', 'dtype', 'push_to_hub'):
+    assert f'  --{flag}: ' in text
+  for argv in (['hf'], ['hf', 'convert'], ['hf', 'export', '--bogus'],
+               ['hf', 'export', '--out=x'], ['hf', 'inspect']):
+    err = io.StringIO()
+    assert cli.main(argv, io.StringIO(), err) == 2, argv
+    assert err.getvalue().startswith('error: ') and err.getvalue().count('\n') == 1, argv
+
+
+@pytest.mark.slow
+def test_module_help_exits_0():
+  result = subprocess.run([sys.executable, '-m', 'rlhf_jax.hf', '--help'], capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert '--checkpoint' in result.stdout
+
+
+def _export(*flags: str) -> tuple[int, str]:
+  """(exit status, stderr) of `python -m rlhf_jax.hf export FLAGS`, run from the repository."""
+  err = io.StringIO()
+  return cli.main(['hf', 'export', *flags], io.StringIO(), err), err.getvalue()
+
+
+def _stage_params(workdir, stage: str, head: str):
+  """(geometry, params) of a completed stage, loaded as the stages load an init."""
+  model = config_lib.to_model_config(checkpoint.read_summary(str(workdir / stage))['model'])
+  mesh = sharding.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
+  return model, common.load_init_params(stage, str(workdir), model, head, mesh)
+
+
+def _world_texts(workdir) -> list[str]:
+  """A few prompts of the world, which its tokenizer was trained on."""
+  lines = world.paths(workdir / 'data')['sft_train'].read_text().splitlines()
+  return [json.loads(line)['prompt'] for line in lines[:4]]
+
+
+def _report(likert: float) -> dict:
+  """An eval report.json with one policy, as the eval stage writes it."""
+  sft = {'win_rate_vs_sft': 0.5, 'win_rate_ci': [0.3, 0.7], 'likert': likert,
+         'fails_instruction_rate': 0.25, 'hallucination_rate': None, 'inappropriate_rate': 0.0,
+         'pretrain_loss': 3.0, 'public_evals': {'sentiment': 0.5}}
+  return {'policies': {'sft': sft}, 'baseline': 'sft', 'n_prompts': 4, 'temperature': 1.0,
+          'labelers': 2, 'ppo_params': 'ema', 'examples': []}
+
+
+def test_export_sft_policy_with_world_tokenizer_card_and_offline_push(tiny_workdir, tmp_path,
+                                                                      monkeypatch):
+  workdir = copy_workdir(tiny_workdir, tmp_path / 'run', ['data', 'sft'])
+  (workdir / 'eval').mkdir()
+  (workdir / 'eval' / 'report.json').write_text(json.dumps(_report(likert=4.56)))
+  monkeypatch.chdir(REPO)  # the default config is configs/<stage>.py
+  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+  out = tmp_path / 'out'
+  status, err = _export(f'--checkpoint={workdir / "sft"}', f'--out={out}',
+                        '--push_to_hub=someone/sft')
+  # Offline, the push stops with the folder it would upload complete.
+  assert status == 1 and err.count('\n') == 1
+  assert err.startswith(f'error: {out}: exported but not pushed to someone/sft: offline mode')
+  model, params = _stage_params(workdir, 'sft', 'lm')
+  tokens, mask = _batch()
+  loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  np.testing.assert_allclose(_hf_logits(loaded, tokens, mask)[mask],
+                             _logits(model, params, tokens, mask)[mask], atol=1e-4)
+  ours = load_tokenizer(world.paths(workdir / 'data')['tokenizer'])
+  theirs = transformers.AutoTokenizer.from_pretrained(out)
+  for text in _world_texts(workdir):
+    assert theirs.encode(text, add_special_tokens=False) == ours.encode(text)
+  card = (out / 'README.md').read_text()
+  assert card.startswith('---\nlibrary_name: transformers\npipeline_tag: text-generation\n')
+  assert '| sft | 0.500 | [0.300, 0.700] | 4.56 |' in card  # the eval table
+  assert '"stage": "sft"' in card and '"checkpoint_step"' in card  # config and summary
+
+
+def test_export_ppo_ptx_policy_ema_or_raw(tiny_workdir, tmp_path, monkeypatch):
+  workdir = copy_workdir(tiny_workdir, tmp_path / 'run', ['data', 'pretrain', 'sft'])
+  fake_ppo_stage(workdir, 'ppo_ptx', policy_from='pretrain', ema_from='sft')
+  monkeypatch.chdir(REPO)
+  tokens, mask = _batch()
+  for ppo_params, source, words in (('ema', 'sft', 'The EMA policy'),
+                                    ('policy', 'pretrain', 'The raw (non-EMA) policy')):
+    out = tmp_path / ppo_params
+    status, err = _export(f'--checkpoint={workdir / "ppo_ptx"}', f'--out={out}',
+                          f'--ppo_params={ppo_params}')
+    assert status == 0, err
+    model, params = _stage_params(workdir, source, 'lm')
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    np.testing.assert_allclose(_hf_logits(loaded, tokens, mask)[mask],
+                               _logits(model, params, tokens, mask)[mask], atol=1e-4)
+    card = (out / 'README.md').read_text()
+    assert f'{words} of the RL stage `ppo_ptx`' in card and 'no eval report' in card
+
+
+def test_export_reward_model_scores_as_ppo_saw_them(inputs, tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)
+  out = tmp_path / 'rm'
+  status, err = _export(f'--checkpoint={inputs / "rm"}', f'--out={out}')
+  assert status == 0, err
+  model, params = _stage_params(inputs, 'rm', 'scalar')
+  tok = load_tokenizer(world.paths(inputs / 'data')['tokenizer'])
+  rows = [[tok.bos_id] + tok.encode(text) for text in _world_texts(inputs)]
+  length = max(map(len, rows))
+  tokens = np.array([r + [tok.pad_id] * (length - len(r)) for r in rows])  # right-padded
+  mask = tokens != tok.pad_id
+  bias = checkpoint.read_summary(str(inputs / 'rm'))['reward_bias']
+  ours = rm.reward_scores(params, tokens, mask, model=ScalarModel(model), bias=bias)
+  loaded = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+  with torch.no_grad():
+    theirs = loaded(input_ids=torch.tensor(tokens),
+                    attention_mask=torch.tensor(mask.astype(np.int64))).logits[:, 0].numpy()
+  theirs += getattr(loaded.config, 'score_bias', 0.0)
+  np.testing.assert_allclose(theirs, np.asarray(ours), atol=1e-4, rtol=1e-4)
+  assert 'normalisation bias 0.5' in (out / 'README.md').read_text()
+
+
+def test_export_of_a_reward_model_without_its_tokenizer_is_refused(inputs, tmp_path,
+                                                                  monkeypatch):
+  workdir = copy_workdir(inputs, tmp_path / 'run', ['rm'])  # no data/: the tokenizer is gone
+  monkeypatch.chdir(REPO)
+  status, err = _export(f'--checkpoint={workdir / "rm"}', f'--out={tmp_path / "out"}')
+  assert status == 1 and err == (f'error: {workdir / "rm"}: the run\'s tokenizer is gone; pass '
+                                 '--tokenizer (a reward model needs its pad id)\n')
+  assert not (tmp_path / 'out').exists()
 
 
 @pytest.mark.slow

@@ -4,11 +4,10 @@ import json
 
 import jax
 import numpy as np
-import optax
 import pytest
-from stage_fixtures import copy_workdir, stage_config
+from stage_fixtures import copy_workdir, fake_ppo_stage, stage_config
 
-from rlhf_jax import checkpoint, config_lib, ppo, stages, state
+from rlhf_jax import config_lib, stages
 from rlhf_jax.stages import common
 from rlhf_jax.stages import eval as eval_stage
 from rlhf_jax.stages import sample as sample_stage
@@ -21,33 +20,11 @@ def _eval_config(workdir, **overrides):
   return config
 
 
-def _fake_ppo(workdir, name, policy_from, ema_from):
-  """A completed PPO stage whose PPOState holds `policy_from`'s params as the raw policy and
-  `ema_from`'s as the EMA (what the real stage writes, minus training)."""
-  config = stage_config('sft', workdir)
-  model = config_lib.to_model_config(config.model)
-  mesh = common.mesh(config)
-  policy = common.load_init_params(policy_from, str(workdir), model, 'lm', mesh)
-  ema = common.load_init_params(ema_from, str(workdir), model, 'lm', mesh)
-  tx = optax.adam(1e-3)
-  ppo_state = ppo.PPOState(step=jax.numpy.zeros((), jax.numpy.int32),
-                           policy=state.create_train_state(policy, tx),
-                           value=state.create_train_state({'w': jax.numpy.ones(3)}, tx),
-                           ema_params=ema, kl_coef=jax.numpy.asarray(0.02))
-  stage_dir = workdir / name
-  saver = checkpoint.Checkpointer(str(stage_dir), checkpoint.fingerprint({'policy': (model, 'lm')}))
-  saver.save(1, ppo_state)
-  saver.wait()
-  saver.close()
-  checkpoint.write_summary(str(stage_dir), {'checkpoint_step': 1, 'model': config.model.to_dict(),
-                                            'stage': 'ppo'})
-
-
 @pytest.fixture(scope='module')
 def workdir(tiny_workdir, tmp_path_factory):
   """The shared tiny world, pretrain and sft, plus a PPO stage whose EMA params are SFT's."""
   path = copy_workdir(tiny_workdir, tmp_path_factory.mktemp('eval'), ('data', 'pretrain', 'sft'))
-  _fake_ppo(path, 'ppo', policy_from='pretrain', ema_from='sft')
+  fake_ppo_stage(path, 'ppo', policy_from='pretrain', ema_from='sft')
   return path
 
 

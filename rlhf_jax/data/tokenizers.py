@@ -148,7 +148,7 @@ def from_pretrained(folder: str, **kwargs):
     HFError: one line, when transformers cannot load the folder that way.
   """
   import transformers  # Imported here: both are slow to import and only HF folders need them.
-  from rlhf_jax.models.hf import HFError
+  from rlhf_jax.hf import HFError
   try:
     return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True,
                                                       trust_remote_code=False, **kwargs)

@@ -19,9 +19,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rlhf_jax import checkpoint, config_lib, loop
+from rlhf_jax import checkpoint, config_lib, hf, loop
 from rlhf_jax.data import pipeline, records
-from rlhf_jax.models import hf
 from rlhf_jax.stages import provenance
 
 

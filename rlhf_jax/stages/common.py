@@ -12,6 +12,7 @@ import numpy as np
 
 from rlhf_jax import checkpoint, config_lib, sharding, state
 from rlhf_jax.data import pipeline, tokenizers
+from rlhf_jax.hf import importer
 from rlhf_jax.models import ModelConfig
 from rlhf_jax.stages import world
 
@@ -87,12 +88,11 @@ def load_init_params(init_from: str, workdir: str, model: ModelConfig, head: str
 
 def _load_hf(path: str, model: ModelConfig, mesh, tokenizer):
   """LanguageModel params of a HF folder; a geometry other than the config's is a ConfigError."""
-  from rlhf_jax.models import hf_import  # imports transformers' config classes: slow
-  diff = hf_import.architecture_diff(path, model, tokenizer)
+  diff = importer.architecture_diff(path, model, tokenizer)
   if diff:
     raise config_lib.ConfigError(f'{path}: the Hugging Face model has ' + ', '.join(diff) +
                                  '; pick the matching geometry (e.g. configs/<stage>.py:gpt2)')
-  return hf_import.load_hf(path, mesh=mesh, dtype=model.param_dtype, tokenizer=tokenizer)[1]
+  return importer.load_hf(path, mesh=mesh, dtype=model.param_dtype, tokenizer=tokenizer)[1]
 
 
 def padded_batches(kind: str, path, tok, config, batch_size: int,

@@ -3,14 +3,14 @@
     export_hf(params, config, 'out/policy', tokenizer_dir='data/tokenizer')          # policies
     export_hf(params, config, 'out/rm', head='scalar', tokenizer_dir='data/tokenizer')  # RM, value
 
-The architecture is the one whose computation equals the config's (`hf.export_family`): GPT-2
-(learned positions), GPT-NeoX (LayerNorm + rotary), Llama (RMSNorm + SwiGLU) or Qwen2 (q/k/v
-biases only). Policies load with AutoModelForCausalLM; scalar models as <Family>ForSequence-
-Classification with num_labels=1 (AutoModelForSequenceClassification), whose score is read at
-the rightmost token that is not `pad_token_id`: that equals our last real token because our pad
-is a dedicated token that never occurs inside a sequence, so pad_token_id must be set (from the
-tokenizer or `pad_id`). HF's `score` layer has no bias: ours is folded into the final LayerNorm's
-bias (exact) or, for RMSNorm models, written to config.json as `score_bias` (add it to HF scores).
+The architecture is the one whose computation equals the config's (`families.export_family`): GPT-2
+(learned positions), GPT-NeoX (LayerNorm + rotary), Llama (RMSNorm + SwiGLU) or Qwen2 (q/k/v biases
+only). Policies load with AutoModelForCausalLM; scalar models as <Family>ForSequenceClassification
+with num_labels=1 (AutoModelForSequenceClassification), whose score is read at the rightmost token
+that is not `pad_token_id`: that equals our last real token because our pad is a dedicated token
+that never occurs inside a sequence, so pad_token_id must be set (from the tokenizer or `pad_id`).
+HF's `score` layer has no bias: ours is folded into the final LayerNorm's bias (exact) or, for
+RMSNorm models, written to config.json as `score_bias` (add it to HF scores).
 
 Only the real vocabulary is exported (`real_vocab_size` rows, plus a <pad> appended right after
 it): our model masks the logits of the padding rows, transformers would not. An appended <pad>
@@ -32,7 +32,7 @@ from safetensors.numpy import save_file
 
 from rlhf_jax.data.tokenizers import (PAD_TOKEN, SentencePieceTokenizer, from_pretrained,
                                       load_tokenizer)
-from rlhf_jax.models import hf
+from rlhf_jax.hf import HFError, families
 from rlhf_jax.models.config import ModelConfig
 
 _NP_DTYPES = {'float32': np.float32, 'float16': np.float16, 'bfloat16': ml_dtypes.bfloat16}
@@ -60,9 +60,9 @@ def _rope(c: ModelConfig, family: str) -> dict:
 def _hf_config(c: ModelConfig, family: str, head: str, ids: dict, dtype: str, rows: int):
   """The transformers config object of `c` with `rows` vocabulary entries."""
   import transformers  # Slow to import; only export needs it.
+  classes = families.LM_CLASSES if head == 'lm' else families.SCALAR_CLASSES
   common = dict(vocab_size=rows, tie_word_embeddings=c.tie_embeddings, dtype=dtype,
-                architectures=[(hf.LM_CLASSES if head == 'lm' else hf.SCALAR_CLASSES)[family]],
-                **ids)
+                architectures=[classes[family]], **ids)
   gelu = 'gelu' if c.mlp == 'gelu_exact' else 'gelu_new'  # exact erf form / tanh approximation
   if family == 'gpt2':
     return transformers.GPT2Config(
@@ -112,7 +112,7 @@ def _hf_tensors(params: dict, c: ModelConfig, family: str, head: str, dtype: np.
                 rows: int) -> dict[str, np.ndarray]:
   """HF tensor name -> array, per layer unstacked, in `dtype`, with `rows` vocabulary rows."""
   out = {}
-  for g in hf.groups(c, family, rows, lm_head=head == 'lm'):
+  for g in families.groups(c, family, rows, lm_head=head == 'lm'):
     ours = [_host(functools.reduce(operator.getitem, p, params)) for p in g.paths]
     for i in range(c.n_layers) if g.per_layer else [None]:
       parts = ours if i is None else [x[i] for x in ours]
@@ -131,7 +131,7 @@ def _exported_rows(c: ModelConfig, n_tokens: int, pad_id: int | None) -> int:
   rows = real + 1 if pad_id == real and real < c.vocab_size else real
   needed = max(n_tokens, -1 if pad_id is None else pad_id + 1)
   if needed > rows:
-    raise hf.HFError(f'the tokenizer has {n_tokens} tokens (pad id {pad_id}) but the model has '
+    raise HFError(f'the tokenizer has {n_tokens} tokens (pad id {pad_id}) but the model has '
                      f'{real} real vocabulary rows (real_vocab_size)')
   return rows
 
@@ -151,7 +151,7 @@ def _spm_to_hf(tok: SentencePieceTokenizer):
       proto, vocab if spec.model_type == sentencepiece_model_pb2.TrainerSpec.BPE
       else [(p.piece, p.score) for p in proto.pieces])
   if backend is None:
-    raise hf.HFError(f'{tok.path}: only BPE and unigram sentencepiece models can be exported')
+    raise HFError(f'{tok.path}: only BPE and unigram sentencepiece models can be exported')
   return transformers.PreTrainedTokenizerFast(
       tokenizer_object=backend, unk_token=spec.unk_piece, bos_token=spec.bos_piece,
       eos_token=spec.eos_piece, pad_token=spec.pad_piece, split_special_tokens=True)
@@ -180,7 +180,7 @@ def _save_tokenizer(tok, tokenizer_dir: str, out_dir: str) -> None:
 
 def export_hf(params: Any, config: ModelConfig, out_dir: str | os.PathLike, *, head: str = 'lm',
               tokenizer_dir: str | os.PathLike | None = None, pad_id: int | None = None,
-              dtype: str | None = None) -> str:
+              dtype: str | None = None, model_card: str | None = None) -> str:
   """Writes config.json, model.safetensors (and the tokenizer) that transformers loads.
 
   Args:
@@ -195,20 +195,21 @@ def export_hf(params: Any, config: ModelConfig, out_dir: str | os.PathLike, *, h
       config.json. Without it bos/eos are left unset: no transformers default is made up.
     pad_id: pad token id when no tokenizer_dir is given (required for head='scalar').
     dtype: tensor dtype ('float32', 'bfloat16', 'float16'); default config.param_dtype.
+    model_card: the text of README.md, written with the rest.
 
   Returns:
     out_dir.
   """
   out_dir, dtype = os.fspath(out_dir), dtype or config.param_dtype
-  family = hf.export_family(config)
+  family = families.export_family(config)
   if head not in ('lm', 'scalar'):
-    raise hf.HFError(f"head must be 'lm' or 'scalar', got {head!r}")
+    raise HFError(f"head must be 'lm' or 'scalar', got {head!r}")
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise hf.HFError(f'{out_dir}: exists and is not a folder')
+    raise HFError(f'{out_dir}: exists and is not a folder')
   if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise hf.HFError(f'{out_dir}: exists and is not empty')
+    raise HFError(f'{out_dir}: exists and is not empty')
   if head == 'scalar' and pad_id is None and tokenizer_dir is None:
-    raise hf.HFError('a scalar model needs pad_token_id (pass tokenizer_dir or pad_id): '
+    raise HFError('a scalar model needs pad_token_id (pass tokenizer_dir or pad_id): '
                      'transformers scores the last non-pad token')
   tok = None if tokenizer_dir is None else load_tokenizer(tokenizer_dir)
   ids = dict(bos_token_id=None, eos_token_id=None, pad_token_id=pad_id)
@@ -230,6 +231,9 @@ def export_hf(params: Any, config: ModelConfig, out_dir: str | os.PathLike, *, h
   try:
     if tok is not None:
       _save_tokenizer(tok, os.fspath(tokenizer_dir), tmp)
+    if model_card is not None:
+      with open(os.path.join(tmp, 'README.md'), 'w', encoding='utf-8') as f:
+        f.write(model_card)
     hf_config = _hf_config(config, family, head, ids, dtype, rows)
     if head == 'lm' and rows > (config.real_vocab_size or config.vocab_size):
       _generation_config(hf_config, rows - 1).save_pretrained(tmp)

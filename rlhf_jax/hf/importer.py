@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 
 from rlhf_jax import sharding, state
 from rlhf_jax.config_lib import pad_vocab
-from rlhf_jax.models import hf
+from rlhf_jax.hf import HFError, families
 from rlhf_jax.models.config import ModelConfig
 
 SINGLE_FILE = 'model.safetensors'
@@ -53,9 +53,9 @@ def _read_json(path: str) -> dict:
     with open(path, encoding='utf-8') as f:
       value = json.load(f)
   except (OSError, ValueError, RecursionError) as e:
-    raise hf.HFError(f'{path}: cannot read: {e}') from None
+    raise HFError(f'{path}: cannot read: {e}') from None
   if not isinstance(value, dict):
-    raise hf.HFError(f'{path}: expected a JSON object')
+    raise HFError(f'{path}: expected a JSON object')
   return value
 
 
@@ -67,7 +67,7 @@ def _check_sizes(raw: dict, where: str) -> None:
     if value is None and (key in _OPTIONAL_SIZES or key not in raw):
       continue
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise hf.HFError(f'{where}: {key}={json.dumps(value)[:40]} must be a positive integer')
+      raise HFError(f'{where}: {key}={json.dumps(value)[:40]} must be a positive integer')
 
 
 def _hf_config(path: str):
@@ -76,16 +76,16 @@ def _hf_config(path: str):
   where = os.path.join(path, 'config.json')
   raw = _read_json(where)
   model_type = raw.get('model_type')
-  if model_type not in hf.FAMILIES:
-    raise hf.HFError(f'{where}: unsupported architecture model_type={str(model_type)[:40]!r} '
-                     f'(supported: {", ".join(hf.FAMILIES)})')
+  if model_type not in families.FAMILIES:
+    raise HFError(f'{where}: unsupported architecture model_type={str(model_type)[:40]!r} '
+                     f'(supported: {", ".join(families.FAMILIES)})')
   _check_sizes(raw, where)
   try:
     # Never run code shipped in the folder (auto_map): the supported families are built in.
     cfg = transformers.AutoConfig.from_pretrained(path, local_files_only=True,
                                                   trust_remote_code=False)
   except Exception as e:  # transformers validates fields with several exception types
-    raise hf.HFError(f'{where}: transformers cannot read it: {" ".join(str(e).split())}'
+    raise HFError(f'{where}: transformers cannot read it: {" ".join(str(e).split())}'
                      ) from None
   return cfg, where
 
@@ -95,7 +95,7 @@ def _check_tokenizer(tokenizer, hf_vocab: int, path: str) -> int:
   <pad> (load_tokenizer adds one when the tokenizer has none), which gets a zero row."""
   n = tokenizer.vocab_size
   if n > hf_vocab and not (n == hf_vocab + 1 and tokenizer.pad_id == hf_vocab):
-    raise hf.HFError(f'{path}: the tokenizer has {n} tokens but the embedding has {hf_vocab} '
+    raise HFError(f'{path}: the tokenizer has {n} tokens but the embedding has {hf_vocab} '
                      f'rows; tokenizer and model do not match')
   return n
 
@@ -148,7 +148,7 @@ def architecture_diff(path: str | os.PathLike, model: ModelConfig, tokenizer=Non
 
 
 def _model_config(path: str, cfg, where: str, tokenizer) -> ModelConfig:
-  c = hf.config_from_hf(cfg, where)
+  c = families.config_from_hf(cfg, where)
   rows = c.vocab_size if tokenizer is None else _check_tokenizer(tokenizer, c.vocab_size, path)
   return c.replace(vocab_size=pad_vocab(max(rows, c.vocab_size)), real_vocab_size=c.vocab_size)
 
@@ -168,20 +168,20 @@ class _Tensors:
       self.where = index
       self.file_of = _read_json(index).get('weight_map')
       if not isinstance(self.file_of, dict):
-        raise hf.HFError(f'{index}: weight_map must be an object of tensor name -> shard file')
+        raise HFError(f'{index}: weight_map must be an object of tensor name -> shard file')
       # Fail before reading anything when a shard is missing or lies outside the folder.
       for name, file in self.file_of.items():
         if (not isinstance(file, str) or os.path.isabs(file)
             or os.path.normpath(file).split(os.sep)[0] in (os.pardir, os.curdir)):
-          raise hf.HFError(f'{index}: tensor {name} names shard {json.dumps(file)[:80]}, not a '
+          raise HFError(f'{index}: tensor {name} names shard {json.dumps(file)[:80]}, not a '
                            'file inside the folder')
         if not os.path.exists(os.path.join(path, file)):
-          raise hf.HFError(f'{os.path.join(path, file)}: missing shard (holds tensor {name})')
+          raise HFError(f'{os.path.join(path, file)}: missing shard (holds tensor {name})')
     elif os.path.exists(os.path.join(path, SINGLE_FILE)):
       self.where = os.path.join(path, SINGLE_FILE)
       self.file_of = {n: SINGLE_FILE for n in self._header(SINGLE_FILE)[0]}
     else:
-      raise hf.HFError(f'{path}: no {SINGLE_FILE} or {INDEX_FILE} (only safetensors are read)')
+      raise HFError(f'{path}: no {SINGLE_FILE} or {INDEX_FILE} (only safetensors are read)')
 
   def _header(self, file: str) -> tuple[dict, int, mmap.mmap]:
     """(header without __metadata__, offset of the data, mapped file) of one file, cached."""
@@ -197,7 +197,7 @@ class _Tensors:
         if not isinstance(header, dict):
           raise ValueError('the header is not a JSON object')
       except (OSError, ValueError, RecursionError) as e:
-        raise hf.HFError(f'{full}: cannot read safetensors file: {e}') from None
+        raise HFError(f'{full}: cannot read safetensors file: {e}') from None
       header.pop('__metadata__', None)
       self._open[file] = (header, 8 + n, buf)
     return self._open[file]
@@ -207,7 +207,7 @@ class _Tensors:
     for candidate in (name, name.removeprefix(prefix)):
       if candidate in self.file_of:
         return candidate
-    raise hf.HFError(f'{self.where}: tensor {name} not found')
+    raise HFError(f'{self.where}: tensor {name} not found')
 
   def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """Tensor `name` (already resolved) as a read-only array; checks shape and dtype."""
@@ -215,15 +215,15 @@ class _Tensors:
     header, start, buf = self._header(file)
     where = os.path.join(self.path, file)
     if name not in header:
-      raise hf.HFError(f'{where}: tensor {name} not found (the index names this shard)')
+      raise HFError(f'{where}: tensor {name} not found (the index names this shard)')
     meta = header[name]
     if not isinstance(meta, dict) or not isinstance(meta.get('shape'), list):
-      raise hf.HFError(f'{where}: tensor {name} has a malformed header entry')
+      raise HFError(f'{where}: tensor {name} has a malformed header entry')
     if meta.get('dtype') not in DTYPES:
-      raise hf.HFError(f'{where}: tensor {name} has dtype {str(meta.get("dtype"))[:20]}; '
+      raise HFError(f'{where}: tensor {name} has dtype {str(meta.get("dtype"))[:20]}; '
                        f'accepted: {", ".join(DTYPES)}')
     if meta['shape'] != list(shape):
-      raise hf.HFError(f'{where}: tensor {name} has shape {tuple(meta["shape"])}, config.json '
+      raise HFError(f'{where}: tensor {name} has shape {tuple(meta["shape"])}, config.json '
                        f'implies {tuple(shape)}')
     dtype = np.dtype(DTYPES[meta['dtype']])
     offsets = meta.get('data_offsets')
@@ -233,13 +233,13 @@ class _Tensors:
             and all(isinstance(x, int) and not isinstance(x, bool) for x in offsets))
     if not (ints and 0 <= offsets[0] and offsets[1] - offsets[0] == nbytes
             and start + offsets[1] <= len(buf)):
-      raise hf.HFError(f'{where}: tensor {name} has data_offsets {str(offsets)[:60]}; '
+      raise HFError(f'{where}: tensor {name} has data_offsets {str(offsets)[:60]}; '
                        f'expected {nbytes} bytes within the file\'s {len(buf) - start} data bytes')
     return np.frombuffer(buf, dtype, count=nbytes // dtype.itemsize,
                          offset=start + offsets[0]).reshape(shape)
 
 
-def _read_group(tensors: _Tensors, group: hf.Group, c: ModelConfig, prefix: str,
+def _read_group(tensors: _Tensors, group: families.Group, c: ModelConfig, prefix: str,
                 dtype: np.dtype) -> list[np.ndarray]:
   """Our host arrays of one group, per-layer tensors stacked on a leading layers axis."""
   layers = range(c.n_layers) if group.per_layer else [None]
@@ -292,9 +292,9 @@ def load_hf(path: str | os.PathLike, *, mesh: Mesh | None = None, dtype: str = '
   abstract = state.abstract_params(config, 'lm')
   targets = sharding.logical_shardings(abstract, mesh) if mesh is not None else None
   tensors, params = _Tensors(path), {}
-  for group in hf.groups(config, cfg.model_type, cfg.vocab_size):
-    for p, host in zip(group.paths, _read_group(tensors, group, config,
-                                                hf.PREFIXES[cfg.model_type], np.dtype(dtype))):
+  prefix = families.PREFIXES[cfg.model_type]
+  for group in families.groups(config, cfg.model_type, cfg.vocab_size):
+    for p, host in zip(group.paths, _read_group(tensors, group, config, prefix, np.dtype(dtype))):
       target = None if targets is None else functools.reduce(operator.getitem, p, targets)
       _nested_set(params, p, _place(host, target))
   if jax.tree.structure(params) != jax.tree.structure(nn.unbox(abstract)):

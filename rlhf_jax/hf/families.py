@@ -1,6 +1,6 @@
 """Hugging Face <-> rlhf_jax: architecture families, config conversion, tensor layout mapping.
 
-Shared by `hf_import` (load_hf) and `hf_export` (export_hf). A family is one HF `model_type`:
+Shared by `importer` (load_hf) and `exporter` (export_hf). A family is one HF `model_type`:
 gpt2, gpt_neox (Pythia), llama (Llama 2/3) and qwen2. Each maps onto `ModelConfig` switches and a
 list of `Group`s: one or more of our parameters <-> one or more HF tensors, with the layout
 change both ways. Layer tensors are named with '{i}' and our parameters carry the scanned
@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rlhf_jax.hf import HFError
 from rlhf_jax.models.config import ModelConfig
 
 FAMILIES = ('gpt2', 'gpt_neox', 'llama', 'qwen2')
@@ -29,10 +30,6 @@ SCALAR_CLASSES = {'gpt2': 'GPT2ForSequenceClassification',
 PREFIXES = {'gpt2': 'transformer.', 'gpt_neox': 'gpt_neox.', 'llama': 'model.', 'qwen2': 'model.'}
 # Activations our tanh-approximated GELU computes exactly.
 _TANH_GELUS = ('gelu_new', 'gelu_pytorch_tanh', 'gelu_fast')
-
-
-class HFError(ValueError):
-  """A Hugging Face folder or export request we cannot handle; the message is one line."""
 
 
 @dataclasses.dataclass(frozen=True)
