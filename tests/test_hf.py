@@ -351,6 +351,8 @@ def test_export_sft_policy_with_world_tokenizer_card_and_offline_push(tiny_workd
   assert card.startswith('---\nlibrary_name: transformers\npipeline_tag: text-generation\n')
   assert '| sft | 0.500 | [0.300, 0.700] | 4.56 |' in card  # the eval table
   assert '"stage": "sft"' in card and '"checkpoint_step"' in card  # config and summary
+  # The config is the one the stage ran with (the fixture's 3 steps), not the shipped one.
+  assert 'the stage ran with (its provenance.json)' in card and '"total_steps": 3' in card
 
 
 def test_export_ppo_ptx_policy_ema_or_raw(tiny_workdir, tmp_path, monkeypatch):

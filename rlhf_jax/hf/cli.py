@@ -38,7 +38,7 @@ from rlhf_jax.hf import HFError, model_card
 from rlhf_jax.hf.exporter import export_hf
 from rlhf_jax.hf.importer import hf_model_config
 from rlhf_jax.models import ModelConfig
-from rlhf_jax.stages import common
+from rlhf_jax.stages import common, provenance
 from rlhf_jax.stages import eval as eval_stage
 
 COMMANDS = ('export', 'inspect')
@@ -121,6 +121,7 @@ def export_checkpoint(stage_dir: str, config: ml_collections.ConfigDict, config_
     params = _reward_params(stage_dir, model, mesh, reward_bias)
   card = model_card.model_card(
       config.stage, head, summary, config, config_source, _report(config.workdir),
+      trained_config=(provenance.read(pathlib.Path(stage_dir)) or {}).get('config'),
       ppo_params=ppo_params if ppo_stage else None, reward_bias=reward_bias)
   return export_hf(params, model, out_dir, head=head, tokenizer_dir=tokenizer_dir, dtype=dtype,
                    model_card=card)

@@ -31,8 +31,8 @@ def _what(stage: str, head: str, summary: Mapping, ppo_params: str | None,
 
 
 def model_card(stage: str, head: str, summary: Mapping, config: ml_collections.ConfigDict,
-               config_source: str, report: Mapping | None, *, ppo_params: str | None = None,
-               reward_bias: float | None = None) -> str:
+               config_source: str, report: Mapping | None, *, trained_config: Mapping | None,
+               ppo_params: str | None = None, reward_bias: float | None = None) -> str:
   """README.md of an export.
 
   Args:
@@ -40,6 +40,8 @@ def model_card(stage: str, head: str, summary: Mapping, config: ml_collections.C
     head: 'lm' (a policy) or 'scalar' (the reward model).
     summary: the stage's summary.json.
     config: the stage config the exporter loaded; `config_source` names it.
+    trained_config: the resolved config the stage ran with (its provenance.json), None for a
+      stage made before stages recorded it: the card then shows `config`.
     report: the workdir's eval/report.json, or None when the eval stage has not run.
     ppo_params: for an RL stage, which policy was exported ('ema' or 'policy').
     reward_bias: for the reward model, the bias subtracted from its raw scores.
@@ -57,10 +59,15 @@ def model_card(stage: str, head: str, summary: Mapping, config: ml_collections.C
     which = f', their {report.get("ppo_params")} params' if 'ppo_params' in report else ''
     lines += [f'The pipeline\'s eval report (RL policies by stage name{which}):', '',
               _demoted(evaluation.render_markdown(report))]
-  lines += ['', '## Config', '',
-            f'`{config_source}` as the exporter loaded it; overrides given to the training '
-            'command are not recorded in the workdir, but the model geometry in the summary '
-            'below is the one trained.', '', '```json', config.to_json_best_effort(indent=2),
-            '```', '', '## Training summary (summary.json)', '', '```json',
+  if trained_config is not None:
+    lines += ['', '## Config', '', 'The resolved config the stage ran with (its provenance.json):',
+              '', '```json', json.dumps(trained_config, indent=2, sort_keys=True), '```']
+  else:
+    lines += ['', '## Config', '',
+              f'`{config_source}` as the exporter loaded it; this stage was made before stages '
+              'recorded their config, so overrides given to the training command are not '
+              'known, but the model geometry in the summary below is the one trained.', '',
+              '```json', config.to_json_best_effort(indent=2), '```']
+  lines += ['', '## Training summary (summary.json)', '', '```json',
             json.dumps(summary, indent=2), '```', '']
   return '\n'.join(lines)
