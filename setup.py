@@ -36,5 +36,7 @@ setup(
                  # given both paths it never downloads a browser or driver.
                  "selenium>=4.20"],
         "tpu-aot": ["libtpu"],
+        # One NVIDIA GPU (or several): jax's CUDA 12 wheels, which carry CUDA and cuDNN.
+        "cuda": ["jax[cuda12]"],
     },
 )
