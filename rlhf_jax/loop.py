@@ -362,7 +362,8 @@ class _Loop:
     perf = self.perf.window() if log else {}
     self.writer.write(step, {**out, **perf})
     if log:
-      self.progress.update(step, out.get(self.loss_key), perf['perf/tokens_per_sec'])
+      self.progress.update(step, out.get(self.loss_key), perf['perf/tokens_per_sec'],
+                           metrics_lib.console_values(out))
     return {k: v for k, v in out.items() if not metrics_lib.is_timing(k)}
 
   def train(self, state: Any, step: int, stop: _Stop, last: dict[str, float]) -> RunResult:

@@ -38,6 +38,15 @@ PEAK_FLOPS = {
 }
 
 
+# Shown on the console beside the loss when a step logs them: a PPO run's reward and KL.
+CONSOLE = {'objective/scores': 'reward', 'objective/kl': 'KL'}
+
+
+def console_values(scalars: Mapping[str, float]) -> dict[str, float]:
+  """The CONSOLE metrics among `scalars`, by their console label."""
+  return {label: scalars[name] for name, label in CONSOLE.items() if name in scalars}
+
+
 def is_timing(name: str) -> bool:
   """True for wall-clock metrics, which differ from run to run."""
   return name.startswith(TIMING_PREFIXES)
@@ -167,12 +176,15 @@ class Progress:
     self._tty = self.stream.isatty()
     self._start = (start_step, time.perf_counter())
 
-  def update(self, step: int, loss: float | None = None, tokens_per_sec: float | None = None):
+  def update(self, step: int, loss: float | None = None, tokens_per_sec: float | None = None,
+             values: Mapping[str, float] | None = None):
+    """Shows `step`, its loss, `values` (label -> value, e.g. console_values) and tokens/s."""
     if not self._active:
       return
     parts = [f'step {step}/{self.total}']
     if loss is not None:
       parts.append(f'loss {loss:.4f}' if math.isfinite(loss) else f'loss {loss}')
+    parts += [f'{label} {value:.3f}' for label, value in (values or {}).items()]
     if tokens_per_sec is not None:
       parts.append(f'{tokens_per_sec:,.0f} tokens/s')
     start_step, start_time = self._start

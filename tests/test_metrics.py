@@ -60,10 +60,14 @@ def test_progress_plain_lines_off_a_terminal():
   progress = metrics.Progress(100, stream=stream)
   progress.update(10, loss=1.23456, tokens_per_sec=4096.0)
   progress.update(20, loss=float('nan'))
+  # A PPO step shows its reward and KL beside the loss.
+  logged = {'ppo/policy/loss': 0.1, 'objective/kl': 2.5, 'objective/scores': -0.25}
+  progress.update(30, loss=0.1, values=metrics.console_values(logged))
   progress.close()
   lines = stream.getvalue().splitlines()
   assert lines[0].startswith('step 10/100  loss 1.2346  4,096 tokens/s  ETA ')
   assert lines[1].startswith('step 20/100  loss nan')
+  assert lines[2].startswith('step 30/100  loss 0.1000  reward -0.250  KL 2.500  ETA ')
 
 
 def test_progress_rewrites_one_line_on_a_terminal():
