@@ -308,8 +308,15 @@ def validate_batches(config: ml_collections.ConfigDict, batch_multiple: int,
       raise ConfigError(f'{field}={size} is not divisible by the {processes} processes')
 
 
+def missing_config(path: str) -> ConfigError:
+  return ConfigError(f'{path}: no such config file (relative paths start in the current folder; '
+                     f'the shipped configs are in {CONFIG_DIR})')
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Loads 'path/to/config.py[:arg]' the way `--config=` does (for tests and tools)."""
   path, _, arg = spec.partition(':')
+  if not pathlib.Path(path).is_file():
+    raise missing_config(path)
   module = sibling_config(path, pathlib.Path(path).stem)
   return module.get_config(arg or None)

@@ -13,7 +13,8 @@ from ml_collections import config_flags
 from rlhf_jax import config_lib, distributed, sharding, state
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', 'configs/ppo_ptx.py', 'Stage config file[:geometry].')
+DEFAULT_CONFIG = 'configs/ppo_ptx.py'  # the main job
+config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Stage config file[:geometry].')
 flags.DEFINE_string('workdir', None, 'Run directory (overrides config.workdir).')
 flags.DEFINE_bool('dry_run', False, 'Validate and describe the run without allocating parameters.')
 flags.DEFINE_bool('force', False, 'Re-run the stage even if its folder is complete.')
@@ -67,7 +68,8 @@ def main(argv):
   try:
     if FLAGS.dry_run:
       dry_run_check(config)
-      print(describe(config))
+      overrides = [arg for arg in sys.argv[1:] if arg.startswith('--config.')]
+      print(describe(config) + f'\n  overrides {" ".join(overrides) or "none"}')
       return
     config_lib.validate(config)
     distributed.initialize_from_flags()  # before any device is touched
@@ -93,9 +95,58 @@ def _last_line(text: str) -> str:
   return lines[-1] if lines else text
 
 
+HELP_FLAGS = ('--help', '-h', '--helpshort', '-?')
+
+
+def help_text(spec: str) -> str:
+  """The entry's usage, its flags, the fields of the config `spec` with their values (what
+  `--config.FIELD=VALUE` overrides) and the geometries a config takes after its colon."""
+  entry = sys.modules['__main__']
+  flag_help = [FLAGS.main_module_help()]
+  if entry.__name__ != __name__ and 'rlhf_jax.main' in sys.modules:  # aot: the config flags
+    flag_help.append(FLAGS.module_help(sys.modules['rlhf_jax.main']))
+  config = config_lib.load_config(spec)
+  fields = [f'  --config.{name}={value!r}' for name, value in _flat(config.to_dict())]
+  return '\n'.join([(entry.__doc__ or '').strip(), '', *flag_help, '',
+                    f'Fields of {spec} (override any with --config.FIELD=VALUE):', *fields, '',
+                    'Geometries (after the config\'s colon): '
+                    + ', '.join(sorted(config_lib.GEOMETRIES))])
+
+
+def _config_spec(argv) -> str:
+  """The config spec of the command line (`--config=SPEC` or `--config SPEC`), else the
+  default."""
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return DEFAULT_CONFIG
+
+
+def _flat(tree, prefix: str = ''):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flat(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}', value
+
+
 def parse_flags(argv):
   """absl flag parsing, but a config file that raises (unknown geometry, bad value) is a one-line
-  error: config_flags wraps the exception with its traceback, so keep only its last line."""
+  error: config_flags wraps the exception with its traceback, so keep only its last line. `--help`
+  prints `help_text` and exits 0."""
+  config_path = _config_spec(argv).partition(':')[0]
+  if not pathlib.Path(config_path).is_file():
+    print(f'error: {config_lib.missing_config(config_path)}', file=sys.stderr)
+    sys.exit(2)
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    try:
+      print(help_text(_config_spec(argv)))
+    except (config_lib.ConfigError, OSError) as e:
+      print(f'error: {_last_line(str(e))}', file=sys.stderr)
+      sys.exit(2)
+    sys.exit(0)
   try:
     argv = FLAGS(argv)
     # config_flags defers a config file it cannot read until the config's first use.

@@ -155,8 +155,9 @@ def test_config_values_that_cannot_run(field, value, message):
 def test_command_line_errors_are_one_line(tmp_path):
   result = _main('--config=configs/no_such_stage.py', '--dry_run')
   assert result.returncode == 2
-  assert _error_line(result.stderr) == ("error: [Errno 2] No such file or directory: "
-                                        "'configs/no_such_stage.py'")
+  assert _error_line(result.stderr).startswith(
+      'error: configs/no_such_stage.py: no such config file (relative paths start in the current '
+      'folder; the shipped configs are in ')
   result = _main('--config=configs/sft.py', '--config.batch_sise=3', '--dry_run')
   assert result.returncode == 2
   assert _error_line(result.stderr) == ('error: the config has no field \'batch_sise\'; Did '

@@ -49,3 +49,29 @@ def test_dry_run_fails_on_what_the_run_would_refuse(args, message):
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   # The error is the last line (libraries may warn before it).
   assert re.fullmatch(f'error: {message}', result.stderr.strip().splitlines()[-1]), result.stderr
+
+
+@pytest.mark.parametrize('entry, spec', [('rlhf_jax.main', None),
+                                         ('rlhf_jax.aot', 'configs/rm.py:1.3b')])
+def test_help_lists_flags_config_fields_and_geometries(entry, spec):
+  config = [f'--config={spec}'] if spec else []
+  result = subprocess.run([sys.executable, '-m', entry, *config, '--help'], capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert '--workdir' in result.stdout or '--topology' in result.stdout
+  assert re.search(r"^  --config\.batch_size=\d+$", result.stdout, re.M)
+  assert '--config.model.geometry=' in result.stdout and '175b, 2.7b' in result.stdout
+
+
+def test_dry_run_echoes_workdir_and_overrides():
+  result = run_main('--config=configs/sft.py:small', '--config.total_steps=7', '--dry_run')
+  assert result.returncode == 0, result.stderr
+  assert 'workdir runs/mini-small' in result.stdout
+  assert 'overrides --config.total_steps=7' in result.stdout
+
+
+def test_outside_the_repository_a_missing_config_is_one_line(tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'rlhf_jax.main', '--dry_run'], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2 and result.stderr.count('\n') == 1, result.stderr
+  assert result.stderr.startswith('error: configs/ppo_ptx.py: no such config file')
