@@ -156,6 +156,30 @@ class Writer:
     self._tb.close()
 
 
+def write_hparams(stage_dir: str, config: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+  """Records a finished training stage in TensorBoard's HParams dashboard (<stage_dir>/
+  tensorboard/hparams): the config's fields, flattened to dotted names, against the summary's
+  numbers (its final validation and test figures among them; the wall time left out), so the
+  runs of a sweep compare side by side. Process 0 writes; others return."""
+  if not _is_writer():
+    return
+  hparams = {name: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+             for name, value in _flat(config)}
+  final = {name: float(value) for name, value in summary.items()
+           if name != 'seconds' and isinstance(value, (int, float)) and not isinstance(value, bool)}
+  import tensorboardX  # pylint: disable=g-import-not-at-top  # only process 0 needs it
+  with tensorboardX.SummaryWriter(os.path.join(stage_dir, TENSORBOARD_DIR)) as writer:
+    writer.add_hparams(hparams, final, name='hparams')
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = ''):
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      yield from _flat(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}', value
+
+
 def _duration(seconds: float) -> str:
   seconds = int(seconds)
   h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60

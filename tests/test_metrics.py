@@ -1,5 +1,6 @@
 """Metric writers: JSONL split and resume truncation, TensorBoard files, progress display."""
 import io
+import struct
 import json
 import types
 
@@ -94,3 +95,31 @@ def test_metric_name_helpers():
 def test_peak_flops_by_reported_device_kind(kind, peak):
   # The strings real devices report: v5p says 'TPU v5', v5e 'TPU v5 lite'.
   assert metrics.peak_flops(types.SimpleNamespace(device_kind=kind)) == peak
+
+
+def _events(folder):
+  """Every TensorBoard event in the event files of `folder` (records: length, crc, data, crc)."""
+  from tensorboardX.proto import event_pb2
+  events = []
+  for path in sorted(folder.glob('events.out.tfevents*')):
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+      (n,) = struct.unpack('<Q', data[i:i + 8])
+      events.append(event_pb2.Event.FromString(data[i + 12:i + 12 + n]))
+      i += 12 + n + 4
+  return events
+
+
+def test_hparams_record_the_config_against_the_final_metrics(tmp_path):
+  config = {'kl_coef': 0.05, 'model': {'geometry': 'tiny'}, 'then': ('eval',)}
+  summary = {'rm/test_heldout_accuracy': 0.61, 'steps': 31, 'seconds': 9.5, 'stage': 'rm',
+             'model': {}}
+  metrics.write_hparams(str(tmp_path), config, summary)
+  events = _events(tmp_path / 'tensorboard' / 'hparams')
+  plugin = b''.join(v.metadata.plugin_data.content for e in events for v in e.summary.value
+                    if v.metadata.plugin_data.plugin_name == 'hparams')
+  assert b'kl_coef' in plugin and b'model.geometry' in plugin and b'tiny' in plugin
+  assert b'rm/test_heldout_accuracy' in plugin and b'seconds' not in plugin
+  scalars = {v.tag: v.simple_value for e in events for v in e.summary.value
+             if v.HasField('simple_value')}
+  assert scalars == pytest.approx({'rm/test_heldout_accuracy': 0.61, 'steps': 31})

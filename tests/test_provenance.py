@@ -57,6 +57,8 @@ def test_reuse_is_refused_for_another_config_and_redone_for_new_inputs(tiny_worl
   workdir = stage_fixtures.copy_workdir(tiny_world, tmp_path / 'w', ['data'])
   first = stages.run(_pretrain(workdir))
   assert stages.run(_pretrain(workdir)) == first  # the same config: reused
+  # A training stage's config and final numbers are in TensorBoard's HParams dashboard.
+  assert list((workdir / 'pretrain' / 'tensorboard' / 'hparams').glob('events.out.tfevents*'))
 
   with pytest.raises(stages.WorkdirError, match=r'complete with another config \(total_steps: '
                      r'2 -> 3\): use another --workdir, or --force'):

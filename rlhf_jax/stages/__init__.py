@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rlhf_jax import checkpoint, config_lib, hf, loop
+from rlhf_jax import checkpoint, config_lib, hf, loop, metrics
 from rlhf_jax.data import pipeline, records
 from rlhf_jax.stages import provenance
 
@@ -261,6 +261,9 @@ def _run_stage(config: ml_collections.ConfigDict, force: bool, compare_config: b
     made_again = provenance.changed_inputs(recorded, reads) if recorded is not None else []
     if done is not None and not force and not made_again:
       print(f'[{stage}] already complete in {folder}', flush=True)
+      if stage == 'eval':  # what a rerun of the main job is for: the table, again
+        from rlhf_jax.stages import eval as eval_stage  # pylint: disable=g-import-not-at-top  # imports us
+        eval_stage.print_headline(folder)
       return done
     if made_again:
       print(f'[{stage}] {", ".join(made_again)} changed since {folder} was made: running it '
@@ -295,6 +298,8 @@ def _finish(config: ml_collections.ConfigDict, folder: pathlib.Path, result: dic
     result['data_dropped'] = dropped
   if 'model' in config:  # later stages rebuild this stage's geometry from its summary
     result['model'] = config.model.to_dict()
+  if 'checkpoint_step' in result:  # a training stage: its run in TensorBoard's HParams
+    metrics.write_hparams(str(folder), provenance.record(config, {})['config'], result)
   checkpoint.write_summary(str(folder), result)
   return result
 
