@@ -1,6 +1,7 @@
 """The eval stage on the shared tiny workdir: report shape, skipped policies, SFT vs itself, and
 which PPOState field is evaluated (and sampled by the sample stage)."""
 import json
+import re
 
 import jax
 import numpy as np
@@ -50,9 +51,10 @@ def test_sample_stage_samples_a_ppo_stage_by_its_ema_policy(workdir):
                params, sft)
 
 
-def test_eval_report(workdir):
+def test_eval_report(workdir, capsys):
   # An extra policy from a folder (here SFT's own, so it must tie with SFT everywhere).
-  summary = stages.run(_eval_config(workdir, extra_policies=f'sft_copy={workdir / "sft"}'))
+  config = _eval_config(workdir, extra_policies=f'sft_copy={workdir / "sft"}')
+  summary = stages.run(config)
   out = workdir / 'eval'
   report = json.loads((out / 'report.json').read_text())
   # ppo_ptx: missing, skipped; the extra policy comes last.
@@ -84,6 +86,12 @@ def test_eval_report(workdir):
   for plot in ('win_rate.png', 'metadata.png', 'alignment_tax.png'):
     assert (out / plot).read_bytes()[:4] == b'\x89PNG'
   assert len((out / 'responses.jsonl').read_text().splitlines()) == 24
+  # A rerun reuses the complete stage and prints its table again.
+  capsys.readouterr()
+  assert stages.run(config) == summary
+  printed = capsys.readouterr().out
+  assert '[eval] already complete' in printed and f'[eval] report: {out / "report.md"}' in printed
+  assert re.search(r'^  sft +0\.500 ', printed, re.M)
 
 
 def test_eval_needs_the_sft_baseline(tmp_path):

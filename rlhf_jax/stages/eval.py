@@ -320,6 +320,12 @@ def _headline(report: dict, path: pathlib.Path) -> str:
   return '\n'.join(lines + [f'[eval] {line}' for line in evaluation.paper_comparison(report)])
 
 
+def print_headline(stage_dir: pathlib.Path) -> None:
+  """Prints a complete eval stage's headline table again (a rerun that reuses it)."""
+  report = json.loads((stage_dir / 'report.json').read_text())
+  print(_headline(report, stage_dir / 'report.md'), flush=True)
+
+
 def run(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
   """Evaluates every available policy; writes the report; returns the stage summary."""
   if config.ppo_params not in PPO_PARAMS:
