@@ -230,7 +230,7 @@ def _ppo_steps(config, mesh) -> dict[str, Step]:
   """The three phases of a PPO iteration, jitted as stages/ppo.py jits them: generate (the
   sampler), score (policy, reference, RM and value forwards, GAE) and ppo_step (with ptx)."""
   vocab = config.model.real_vocab_size or config.model.vocab_size
-  settings = ppo.settings_from_config(config, eos_id=vocab - 1, pad_id=0)
+  settings = ppo_stage.settings_from_config(config, eos_id=vocab - 1, pad_id=0)
   ppo_state, state_shardings = ppo.abstract_ppo_state(settings, mesh)
   frozen, frozen_shardings = _abstract(
       lambda p, r: ppo.Frozen(p, r, jnp.zeros((), jnp.float32)), mesh,

@@ -18,6 +18,8 @@ pretraining distribution (e.g. a Pile slice for Pythia).
 """
 from rlhf_jax import config_lib
 
+ppo = config_lib.sibling_config(str(config_lib.CONFIG_DIR / 'ppo.py'), 'ppo')
+
 CHECKPOINTS = {'pythia-1b': 'checkpoints/pythia-1b', 'gpt2': 'checkpoints/gpt2'}
 # App. C for the 1.3B policy (C.1 SFT, C.3 sft_init, C.2 RM, C.4 PPO-ptx with the E.9 lr sweep's
 # 1.02e-5); HH's ~160k demonstrations need one epoch where the paper's 13k took 16.
@@ -32,8 +34,8 @@ STAGE_FIELDS = {
     # The shipped config is loaded at its default (mini-world) geometry, whose gamma and ptx
     # rows are the mini world's: the paper's (C.4) are set here.
     'ppo_ptx': dict(episodes=256_000, batch_size=512, minibatch_size=64, lr=1.02e-5,
-                    ema_decay=0.992, rollout_chunks=8, ptx_chunks=8, valid_prompts=0,
-                    best_of_n=0, ptx_coef=27.8, ptx_per_episode=8),
+                    ema_decay=ppo.PAPER_EMA_DECAY, rollout_chunks=8, ptx_chunks=8,
+                    valid_prompts=0, best_of_n=0, ptx_coef=27.8, ptx_per_episode=8),
     'label': {},
 }
 # (sequence, prompt) tokens; GPT-2's context is 1024. HH dialogues are long with short replies;
