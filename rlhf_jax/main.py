@@ -61,7 +61,9 @@ def main(argv):
   config = FLAGS.config
   if FLAGS.workdir:
     config.workdir = FLAGS.workdir
-  from rlhf_jax import stages  # the training stack is imported only when something runs
+  # Every stage's modules (orbax, grain, ...) take seconds to import: flag and config-file
+  # errors, reported before main, do not wait for them.
+  from rlhf_jax import stages
   try:
     if FLAGS.dry_run:
       dry_run_check(config)

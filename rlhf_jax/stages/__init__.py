@@ -6,12 +6,12 @@ every stage it needs whose folder is not complete, so the main command works on 
 """
 import contextlib
 import fcntl
-import importlib
 import os
 import pathlib
 import shutil
 import socket
 import time
+from typing import Callable
 
 import jax
 import ml_collections
@@ -21,12 +21,9 @@ from jax.experimental import multihost_utils
 from rlhf_jax import checkpoint, config_lib, loop
 from rlhf_jax.data import pipeline, records
 from rlhf_jax.models import hf
-
-
-class WorkdirError(RuntimeError):
-  """The workdir is not in a state a stage can run in: another run holds the stage's folder, or
-  a file the stage would replace is not its own. The message is one line."""
-
+from rlhf_jax.stages import eval as eval_stage
+from rlhf_jax.stages import label, lm, ppo, rm, sample, world
+from rlhf_jax.stages.layout import WorkdirError, stage_dir, summary
 
 # Failures of a run that are the input's fault: main prints them as one line and exits 1.
 STAGE_ERRORS = (loop.NonFiniteLoss, checkpoint.CheckpointMismatch, checkpoint.CheckpointCorrupt,
@@ -50,40 +47,29 @@ NEEDS: dict[str, tuple[str, ...]] = {
     # Also evaluates gpt, gpt_prompted, ppo and ppo_ptx when complete; SFT is the baseline.
     'eval': ('world', 'sft'),
 }
-# stage -> 'module:function' running it as `function(config, stage_dir) -> summary dict`.
-RUNNERS = {
-    'world': 'world:run',
-    'pretrain': 'lm:run_lm',
-    'pretrain_rm': 'lm:run_lm',
-    'sft': 'lm:run_lm',
-    'sft_rm': 'lm:run_lm',
-    'sft_init': 'lm:run_lm',
-    'sample': 'sample:run',
-    'label': 'label:run',
-    'rm': 'rm:run_rm',
-    'ppo': 'ppo:run_ppo',
-    'ppo_ptx': 'ppo:run_ppo',
-    'eval': 'eval:run',
+# stage -> its runner: `runner(config, stage_dir) -> summary dict`.
+RUNNERS: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path], dict]] = {
+    'world': world.run,
+    'pretrain': lm.run_lm,
+    'pretrain_rm': lm.run_lm,
+    'sft': lm.run_lm,
+    'sft_rm': lm.run_lm,
+    'sft_init': lm.run_lm,
+    'sample': sample.run,
+    'label': label.run,
+    'rm': rm.run_rm,
+    'ppo': ppo.run_ppo,
+    'ppo_ptx': ppo.run_ppo,
+    'eval': eval_stage.run,
 }
 
 
 # stage -> the stage its `init_from` names by default (a Hugging Face folder or another stage
 # given instead replaces that dependency).
 INIT_STAGES = {'sft': 'pretrain', 'sft_init': 'pretrain', 'sft_rm': 'pretrain_rm', 'rm': 'sft_rm'}
-# Stages whose folder is named for what it holds rather than for the stage.
-FOLDERS = {'world': 'data', 'sample': 'samples', 'label': 'labels'}
 # Data fields a dependency inherits from the stage that asked for it (user data, world size).
 SHARED_DATA = ('world_scale', 'tokenizer', 'pretrain', 'pretrain_valid', 'demonstrations',
                'demonstrations_valid', 'rankings', 'rankings_valid', 'prompts', 'prompts_valid')
-
-
-def stage_dir(workdir: str, stage: str) -> pathlib.Path:
-  return pathlib.Path(workdir) / FOLDERS.get(stage, stage)
-
-
-def summary(workdir: str, stage: str) -> dict | None:
-  """The stage's summary.json if it completed, else None."""
-  return checkpoint.read_summary(str(stage_dir(workdir, stage)))
 
 
 def dependency_config(config: ml_collections.ConfigDict, stage: str,
@@ -163,11 +149,9 @@ def _run_stage(config: ml_collections.ConfigDict, force: bool) -> dict:
       print(f'[{stage}] already complete in {folder}', flush=True)
       return done
     start = time.time()
-    module, function = RUNNERS[stage].split(':')
-    runner = getattr(importlib.import_module(f'rlhf_jax.stages.{module}'), function)
     with _forced(folder, force and stage not in SHARED_FOLDERS):
       with pipeline.collecting_drops() as dropped:
-        result = runner(config, folder)
+        result = RUNNERS[stage](config, folder)
     return _finish(config, folder, result, start, dropped)
 
 

@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 
 from rlhf_jax import checkpoint, config_lib, loop, rm, sharding, state
 from rlhf_jax.data import pipeline, records
-from rlhf_jax.stages import common, program
+from rlhf_jax.stages import common, layout, program
 from rlhf_jax.stages import label as label_stage
 
 VALID_SETS = ('valid_train', 'valid_heldout')
@@ -100,8 +100,7 @@ def _bias_summary(params, config, tok, model, mesh, demos_path) -> dict:
 
 def run_rm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
   """Trains the reward model on the label stage's rankings; returns the stage summary."""
-  from rlhf_jax import stages  # pylint: disable=g-import-not-at-top  # the registry imports us
-  label_files = label_stage.paths(stages.stage_dir(config.workdir, 'label'))
+  label_files = label_stage.paths(layout.stage_dir(config.workdir, 'label'))
   _check_k(config, label_files)
   mesh = common.mesh(config)
   model_cfg = config_lib.to_model_config(config.model)
