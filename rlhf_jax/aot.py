@@ -344,8 +344,7 @@ def guard_config(stage: str):
       for knob in ('dtype', 'param_dtype', 'remat'):
         c[field][knob] = paper[knob]
   c.data.update(seq_len=64, prompt_len=32, response_len=32)
-  chips = int(np.prod([int(n) for n in c.topology.split(':')[1].split('x')]))
-  data, fsdp, _ = sharding.mesh_shape(dict(c.mesh), chips)
+  data, fsdp, _ = sharding.mesh_shape(dict(c.mesh), config_lib.topology_chips(c.topology))
   c.mesh.update(data=min(data, 2), fsdp=GUARD_CHIPS // min(data, 2), tensor=1)
   c.topology = GUARD_TOPOLOGY
   for field in ('batch_size', 'minibatch_size'):

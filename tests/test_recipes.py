@@ -17,9 +17,11 @@ def test_recipes_exist():
 
 @pytest.mark.parametrize('path', RECIPE_FILES)
 @pytest.mark.parametrize('geometry', ['pythia-1b', 'gpt2'])
-def test_recipe_stage_validates_and_uses_user_inputs(path, geometry):
+def test_recipe_stage_validates_and_uses_user_inputs(path, geometry, tmp_path):
   config = config_lib.load_config(f'{path}:{geometry}')
   config_lib.validate(config)
+  config.workdir = str(tmp_path)
+  stages.check_inputs(config, pathlib.Path(path).parent)
   needs = stages.needs(config)
   assert 'world' not in needs and 'pretrain' not in needs and 'sample' not in needs
   if config.stage in ('sft', 'sft_init'):

@@ -113,16 +113,63 @@ def needs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(n for n in NEEDS[config.stage] if n not in supplied) + instead
 
 
+# Config fields naming an input stage -> the config's model block that loads that stage's model.
+MODEL_INPUTS = {'init_from': 'model', 'baseline_from': 'model', 'reward_from': 'reward_model'}
+
+
+def check_inputs(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path) -> None:
+  """What a run of `config` checks before any input stage runs: the config (`config_lib.validate`)
+  and its fit to its inputs, completed or still to run with their shipped configs: a model the
+  stage loads from an input stage has that stage's geometry, and the reward model's k_max holds
+  every ranking (the label stage's files, or the sample stage's k_max when it is still to run).
+
+  Raises:
+    ConfigError: with a one-line message.
+  """
+  config_lib.validate(config)
+  if config.stage not in NEEDS:
+    raise config_lib.ConfigError(f'stage {config.stage!r} unknown; known: {", ".join(NEEDS)}')
+  inputs = needs(config)
+  for field, block in MODEL_INPUTS.items():
+    stage = config.get(field)
+    if stage not in inputs:
+      continue
+    done = summary(config.workdir, stage)
+    if done is None:
+      model = dependency_config(config, stage, pathlib.Path(config_dir)).model
+      where = f'{config_dir}/{stage}.py'
+    elif 'model' in done:
+      model, where = done['model'], f'{stage_dir(config.workdir, stage)}/summary.json'
+    else:  # a summary without its geometry: loading the checkpoint checks it instead
+      continue
+    ours, theirs = config_lib.to_model_config(config[block]), config_lib.to_model_config(model)
+    for name in checkpoint.GEOMETRY_FIELDS:
+      if getattr(ours, name) != getattr(theirs, name):
+        raise config_lib.ConfigError(
+            f'{block}: {name}={getattr(ours, name)} but {field}={stage!r} has '
+            f'{name}={getattr(theirs, name)} ({where}); its checkpoint would not load')
+  if config.stage == 'rm':
+    if summary(config.workdir, 'label') is not None:
+      rm.check_k(config, label.paths(stage_dir(config.workdir, 'label')))
+    elif not config.data.get('rankings') and summary(config.workdir, 'sample') is None:
+      sample_k = dependency_config(config, 'sample', pathlib.Path(config_dir)).k_max
+      if sample_k > config.k_max:
+        raise config_lib.ConfigError(f'k_max={config.k_max} but the sample stage ranks up to '
+                                     f'k_max={sample_k} completions ({config_dir}/sample.py)')
+
+
 def run(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path = 'configs',
         force: bool = False) -> dict:
   """Runs `config.stage` after any missing inputs, then the stages in `config.then` (if any).
 
   Returns:
     The summary of `config.stage`.
+
+  Raises:
+    ConfigError: `check_inputs` refuses the config, before anything runs.
   """
   stage = config.stage
-  if stage not in NEEDS:
-    raise config_lib.ConfigError(f'stage {stage!r} unknown; known: {", ".join(NEEDS)}')
+  check_inputs(config, config_dir)
   for need in needs(config):
     if summary(config.workdir, need) is None:
       print(f'[{stage}] input {need!r} missing in {config.workdir}: running it first', flush=True)

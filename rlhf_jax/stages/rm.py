@@ -63,8 +63,8 @@ def demonstration_scores(params, config, tok, model, mesh, path, bias: float = 0
   return np.concatenate(out)
 
 
-def _check_k(config, label_files) -> None:
-  """Before any compilation: every ranking must fit k_max completions."""
+def check_k(config, label_files) -> None:
+  """Before any compilation: every ranking must fit k_max completions; raises ConfigError."""
   for path in label_files.values():
     if path.exists():
       k = max(len(r['completions']) for r in records.read_records(path, 'rankings'))
@@ -101,7 +101,7 @@ def _bias_summary(params, config, tok, model, mesh, demos_path) -> dict:
 def run_rm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
   """Trains the reward model on the label stage's rankings; returns the stage summary."""
   label_files = label_stage.paths(layout.stage_dir(config.workdir, 'label'))
-  _check_k(config, label_files)
+  check_k(config, label_files)
   mesh = common.mesh(config)
   model_cfg = config_lib.to_model_config(config.model)
   tok = common.tokenizer(config, model_cfg)
