@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from rlhf_jax import atomic
+
 CHECKPOINT_DIR = 'checkpoints'
 SUMMARY_FILE = 'summary.json'
 STATE, META = 'state', 'meta'
@@ -338,9 +340,7 @@ def write_summary(stage_dir: str, summary: Mapping[str, Any]) -> None:
 
 def write_json(path: str, value: Any) -> None:
   """Writes `value` as JSON atomically: a reader sees the old file or the whole new one."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)
+  atomic.write_lines(path, [json.dumps(value, indent=2, sort_keys=True)])
 
 
 def read_summary(stage_dir: str) -> dict[str, Any] | None:
