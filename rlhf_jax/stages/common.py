@@ -1,9 +1,10 @@
 """What every training stage needs: data paths, mesh, tokenizer, initial parameters, exit codes."""
+import collections
 import functools
 import itertools
 import pathlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import flax.linen as nn
 import jax
@@ -118,6 +119,20 @@ def padded_batches(kind: str, path, tok, config, batch_size: int,
       if 'ranks' in batch:
         batch['ranks'][-pad:] = -1
     yield batch, len(chunk)
+
+
+def sum_metrics(step: Callable, params, batches: Iterable[dict], rows) -> collections.Counter:
+  """Each metric of `step(params, batch)` summed over `batches` on the host (0 for none).
+
+  The batches are global (as `padded_batches` yields them) and placed with `rows`. Eval steps
+  return sums with their denominators (an all-padding row adds nothing to either), so a ratio
+  of two totals is the exact mean over the records, however they fall into batches.
+  """
+  total = collections.Counter()
+  for batch in batches:
+    for name, value in jax.device_get(step(params, jax.device_put(batch, rows))).items():
+      total[name] += float(value)
+  return total
 
 
 def train_flops_per_token(model: ModelConfig, seq_len: int) -> float:

@@ -41,11 +41,8 @@ def _valid_loss_fn(config, tok, kind: str, path, model, mesh, prefix: str):
   step = jax.jit(functools.partial(sft.sft_eval_step, model=model))
 
   def evaluate(params):
-    total = tokens = 0.0
-    for batch in batches:
-      out = step(params, jax.device_put(batch, rows))
-      total, tokens = total + float(out['sft/loss_sum']), tokens + float(out['sft/tokens'])
-    return {f'{prefix}/valid_loss': total / max(tokens, 1.0)}
+    total = common.sum_metrics(step, params, batches, rows)
+    return {f'{prefix}/valid_loss': total['sft/loss_sum'] / max(total['sft/tokens'], 1.0)}
   return evaluate
 
 

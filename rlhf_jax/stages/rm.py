@@ -39,11 +39,9 @@ def _valid_fn(config, tok, model, mesh, label_files, names=VALID_SETS):
   def evaluate(params):
     out = {}
     for name, path in sets.items():
-      total = {'rm/loss_sum': 0.0, 'rm/prompts': 0.0, 'rm/correct': 0.0, 'rm/pairs': 0.0}
-      for batch, _ in common.padded_batches('rankings', path, tok, config, config.batch_size,
-                                      config.k_max):
-        sums = jax.device_get(step(params, jax.device_put(batch, rows)))
-        total = {key: value + float(sums[key]) for key, value in total.items()}
+      batches = (batch for batch, _ in common.padded_batches(
+          'rankings', path, tok, config, config.batch_size, config.k_max))
+      total = common.sum_metrics(step, params, batches, rows)
       out[f'rm/{name}_loss'] = total['rm/loss_sum'] / max(total['rm/prompts'], 1.0)
       out[f'rm/{name}_accuracy'] = total['rm/correct'] / max(total['rm/pairs'], 1.0)
     return out
