@@ -6,7 +6,6 @@ import pathlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -63,9 +62,10 @@ def stage_path(workdir: str, name: str) -> pathlib.Path:
 
 
 def param_shardings(model: ModelConfig, head: str, mesh):
-  """(abstract params, their NamedShardings), unboxed, from the model's logical axis names."""
-  boxed = state.abstract_params(model, head)
-  return nn.unbox(boxed), nn.unbox(sharding.logical_shardings(boxed, mesh))
+  """(abstract params carrying their shardings, the NamedShardings), unboxed, from the model's
+  logical axis names."""
+  return sharding.abstract_sharded(functools.partial(state.init_params, model, head), mesh,
+                                   jax.random.key(0))
 
 
 def load_init_params(init_from: str, workdir: str, model: ModelConfig, head: str, mesh,
@@ -101,8 +101,9 @@ def padded_batches(kind: str, path, tok, config, batch_size: int,
   """(batch, real rows) over every record of `path` in order, the last batch padded.
 
   Every process reads all of `path` and yields the same global batches: place them with
-  `jax.device_put(batch, shardings)`, not as process-local rows. Evaluation must see every record, so rows come one by one and the final batch is filled with
-  all-padding rows (valid / mask False) that the masked sums of the eval step ignore.
+  `jax.device_put(batch, shardings)`, not as process-local rows. Evaluation must see every
+  record, so rows come one by one and the final batch is filled with all-padding rows (valid /
+  mask False) that the masked sums of the eval step ignore.
   """
   rows = pipeline.make_dataset(kind, path, tok, batch_size=1, seq_len=config.data.seq_len,
                                prompt_len=config.data.prompt_len, shuffle=False, num_epochs=1,
