@@ -171,8 +171,8 @@ def test_a_model_that_its_init_stage_does_not_have(tmp_path):
   and against a completed input's summary."""
   config = config_lib.load_config(str(REPO / 'configs' / 'ppo.py'))
   config.workdir, config.model.n_layers = str(tmp_path), 2
-  message = ("model: n_layers=2 but init_from='sft_init' has n_layers=4 (configs/sft_init.py); "
-             'its checkpoint would not load')
+  message = ("model: n_layers=2 but init_from='sft_init' has n_layers=4 "
+             '(configs/sft_init.py:tiny); its checkpoint would not load')
   with pytest.raises(config_lib.ConfigError, match=f'^{re.escape(message)}$'):
     stages.check_inputs(config, 'configs')
   made = config_lib.model_config_dict('tiny')
@@ -189,7 +189,8 @@ def test_a_model_that_its_init_stage_does_not_have(tmp_path):
 def test_a_reward_model_k_max_below_the_rankings_to_come(tmp_path):
   config = config_lib.load_config(str(REPO / 'configs' / 'rm.py'))
   config.workdir, config.k_max = str(tmp_path), 5
-  message = 'k_max=5 but the sample stage ranks up to k_max=9 completions (configs/sample.py)'
+  message = ('k_max=5 but the sample stage ranks up to k_max=9 completions '
+             '(configs/sample.py:tiny)')
   with pytest.raises(config_lib.ConfigError, match=f'^{re.escape(message)}$'):
     stages.check_inputs(config, 'configs')
 

@@ -72,15 +72,25 @@ SHARED_DATA = ('world_scale', 'tokenizer', 'pretrain', 'pretrain_valid', 'demons
                'demonstrations_valid', 'rankings', 'rankings_valid', 'prompts', 'prompts_valid')
 
 
+def dependency_spec(config: ml_collections.ConfigDict, stage: str,
+                    config_dir: str | pathlib.Path) -> str:
+  """The config of `stage` in the pipeline of `config`, as `--config` names it: `<stage>.py`
+  in `config_dir` (the folder of the config that was run), or the config's own `stage_configs`
+  (a recipe's file with '{stage}' and '{geometry}' to fill), at the pipeline's geometry."""
+  # The pipeline's geometry is the policy's; a stage of another model (the RM's) records it.
+  geometry = config.get('pipeline_geometry') or config.model.geometry
+  if config.get('stage_configs'):
+    return config.stage_configs.format(stage=stage, geometry=geometry)
+  return f'{pathlib.Path(config_dir) / (stage + ".py")}:{geometry}'
+
+
 def dependency_config(config: ml_collections.ConfigDict, stage: str,
-                      config_dir: pathlib.Path) -> ml_collections.ConfigDict:
-  """The shipped config of `stage` at the same geometry, sharing workdir, seed and data sizes.
+                      config_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The config of `stage` (`dependency_spec`), sharing workdir, seed and data sizes.
 
   Its own `then` is dropped: only the stage a user asked for continues to follow-up stages.
   """
-  # The pipeline's geometry is the policy's; a stage of another model (the RM's) records it.
-  geometry = config.get('pipeline_geometry') or config.model.geometry
-  dep = config_lib.load_config(f'{config_dir / (stage + ".py")}:{geometry}')
+  dep = config_lib.load_config(dependency_spec(config, stage, config_dir))
   dep.workdir, dep.seed = config.workdir, config.seed
   if 'then' in dep:
     dep.then = ()
@@ -136,8 +146,8 @@ def check_inputs(config: ml_collections.ConfigDict, config_dir: str | pathlib.Pa
       continue
     done = summary(config.workdir, stage)
     if done is None:
-      model = dependency_config(config, stage, pathlib.Path(config_dir)).model
-      where = f'{config_dir}/{stage}.py'
+      model = dependency_config(config, stage, config_dir).model
+      where = dependency_spec(config, stage, config_dir)
     elif 'model' in done:
       model, where = done['model'], f'{stage_dir(config.workdir, stage)}/summary.json'
     else:  # a summary without its geometry: loading the checkpoint checks it instead
@@ -152,10 +162,11 @@ def check_inputs(config: ml_collections.ConfigDict, config_dir: str | pathlib.Pa
     if summary(config.workdir, 'label') is not None:
       rm.check_k(config, label.paths(stage_dir(config.workdir, 'label')))
     elif not config.data.get('rankings') and summary(config.workdir, 'sample') is None:
-      sample_k = dependency_config(config, 'sample', pathlib.Path(config_dir)).k_max
+      sample_k = dependency_config(config, 'sample', config_dir).k_max
       if sample_k > config.k_max:
-        raise config_lib.ConfigError(f'k_max={config.k_max} but the sample stage ranks up to '
-                                     f'k_max={sample_k} completions ({config_dir}/sample.py)')
+        raise config_lib.ConfigError(
+            f'k_max={config.k_max} but the sample stage ranks up to k_max={sample_k} '
+            f'completions ({dependency_spec(config, "sample", config_dir)})')
 
 
 def run(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path = 'configs',
@@ -173,10 +184,10 @@ def run(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path = 'con
   for need in needs(config):
     if summary(config.workdir, need) is None:
       print(f'[{stage}] input {need!r} missing in {config.workdir}: running it first', flush=True)
-      run(dependency_config(config, need, pathlib.Path(config_dir)), config_dir)
+      run(dependency_config(config, need, config_dir), config_dir)
   result = _run_stage(config, force)
   for follow_up in config.get('then', ()):
-    run(dependency_config(config, follow_up, pathlib.Path(config_dir)), config_dir)
+    run(dependency_config(config, follow_up, config_dir), config_dir)
   return result
 
 
