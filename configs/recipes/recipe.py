@@ -60,6 +60,8 @@ def recipe(dataset: str, config_file: str, arg: str | None):
   if stage in ('sft', 'sft_init'):
     c.init_from = f'hf:{CHECKPOINTS[geometry]}'
   c.workdir = f'runs/{dataset}_{geometry}'
+  # The eval stage judges with the mini world's held-out labelers; real data has none.
+  c.then = ()
   c.stage_configs = f'{config_file}:stage={{stage}},geometry={{geometry}}'
   # One GPU or a TPU v5e-8: parameters, gradients and Adam moments split over every chip (FSDP):
   # PPO holds four 1B models, ~32 GB of fp32 weights and moments, twice a v5e chip's 16 GiB.

@@ -129,9 +129,10 @@ MODEL_INPUTS = {'init_from': 'model', 'baseline_from': 'model', 'reward_from': '
 
 def check_inputs(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path) -> None:
   """What a run of `config` checks before any input stage runs: the config (`config_lib.validate`)
-  and its fit to its inputs, completed or still to run with their shipped configs: a model the
-  stage loads from an input stage has that stage's geometry, and the reward model's k_max holds
-  every ranking (the label stage's files, or the sample stage's k_max when it is still to run).
+  and those of its follow-up stages (`then`), and its fit to its inputs, completed or still to
+  run with their shipped configs: a model the stage loads from an input stage has that stage's
+  geometry, and the reward model's k_max holds every ranking (the label stage's files, or the
+  sample stage's k_max when it is still to run).
 
   Raises:
     ConfigError: with a one-line message.
@@ -139,6 +140,8 @@ def check_inputs(config: ml_collections.ConfigDict, config_dir: str | pathlib.Pa
   config_lib.validate(config)
   if config.stage not in NEEDS:
     raise config_lib.ConfigError(f'stage {config.stage!r} unknown; known: {", ".join(NEEDS)}')
+  for follow_up in config.get('then', ()):
+    config_lib.validate(dependency_config(config, follow_up, config_dir))
   inputs = needs(config)
   for field, block in MODEL_INPUTS.items():
     stage = config.get(field)
