@@ -12,6 +12,7 @@ Usage: python -m rlhf_jax.main --config=configs/ppo.py[:1.3b] [--config.kl_coef=
 """
 from rlhf_jax import config_lib
 
+# App. C.4: "Exponential moving averages of the weights are applied, with a decay rate of 0.992."
 PAPER_EPISODES, PAPER_BATCH, PAPER_EMA_DECAY = 256_000, 512, 0.992
 # InstructGPT-mini on a 2-core CPU (tiny geometry), sized for a few minutes of PPO-ptx: 64
 # iterations of 64 episodes in 4 minibatches of 16, measured 2026-12-01 at ~1.2 s each

@@ -25,7 +25,6 @@ import sys
 import time
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -193,18 +192,6 @@ def measure(step: Step, hbm: int | None,
           'fits': None if hbm is None else bool(total <= hbm), **measured}
 
 
-def _with_shardings(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
-                      shardings)
-
-
-def _abstract(fn, mesh, *args):
-  """(ShapeDtypeStructs with shardings, shardings) of `fn(*args)` whose leaves may be boxed."""
-  abstract = jax.eval_shape(fn, *args)
-  shardings = nn.unbox(sharding.logical_shardings(abstract, mesh))
-  return _with_shardings(nn.unbox(abstract), shardings), shardings
-
-
 def _rng(mesh):
   key = jax.eval_shape(jax.random.key, 0)
   return jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
@@ -230,9 +217,9 @@ def _ppo_steps(config, mesh) -> dict[str, Step]:
   """The three phases of a PPO iteration, jitted as stages/ppo.py jits them: generate (the
   sampler), score (policy, reference, RM and value forwards, GAE) and ppo_step (with ptx)."""
   vocab = config.model.real_vocab_size or config.model.vocab_size
-  settings = ppo.settings_from_config(config, eos_id=vocab - 1, pad_id=0)
+  settings = ppo_stage.settings_from_config(config, eos_id=vocab - 1, pad_id=0)
   ppo_state, state_shardings = ppo.abstract_ppo_state(settings, mesh)
-  frozen, frozen_shardings = _abstract(
+  frozen, frozen_shardings = sharding.abstract_sharded(
       lambda p, r: ppo.Frozen(p, r, jnp.zeros((), jnp.float32)), mesh,
       state.abstract_params(settings.policy_model, 'lm'),
       state.abstract_params(settings.reward_model, 'scalar'))
@@ -242,23 +229,18 @@ def _ppo_steps(config, mesh) -> dict[str, Step]:
                                                              frozen_shardings, mesh)
   rows = batch_shardings[0] if settings.ptx_coef else batch_shardings
   rng = _rng(mesh)
-  sample = _with_rows(jax.eval_shape(generate, ppo_state, prompts, rng), rows)
-  exp = _with_rows(jax.eval_shape(score, ppo_state, frozen, prompts, sample)[0], rows)
+  sample = sharding.with_shardings(jax.eval_shape(generate, ppo_state, prompts, rng), rows)
+  exp = sharding.with_shardings(jax.eval_shape(score, ppo_state, frozen, prompts, sample)[0], rows)
   ptx = None
   if settings.ptx_coef:
     ptx, _ = _batch(mesh, 'text', ppo_stage.ptx_rows(config), config,
                     leading=(settings.updates_per_iteration,))
-    ptx = _with_shardings({k: ptx[k] for k in ppo_stage.PTX_FIELDS},
-                          {k: batch_shardings[1] for k in ppo_stage.PTX_FIELDS})
+    ptx = sharding.with_shardings({k: ptx[k] for k in ppo_stage.PTX_FIELDS}, batch_shardings[1])
   # The frozen models stay in HBM while the other phases run, though not their arguments.
   held = sum(_device_bytes(x) for x in jax.tree.leaves(frozen))
   return {'generate': Step(generate, (ppo_state, prompts, rng), held_bytes=held),
           'score': Step(score, (ppo_state, frozen, prompts, sample)),
           'ppo_step': Step(train, (ppo_state, exp, ptx, rng), held_bytes=held)}
-
-
-def _with_rows(shapes, rows):
-  return _with_shardings(shapes, jax.tree.map(lambda _: rows, shapes))
 
 
 def build_steps(config, mesh) -> dict[str, Step]:
@@ -344,8 +326,7 @@ def guard_config(stage: str):
       for knob in ('dtype', 'param_dtype', 'remat'):
         c[field][knob] = paper[knob]
   c.data.update(seq_len=64, prompt_len=32, response_len=32)
-  chips = int(np.prod([int(n) for n in c.topology.split(':')[1].split('x')]))
-  data, fsdp, _ = sharding.mesh_shape(dict(c.mesh), chips)
+  data, fsdp, _ = sharding.mesh_shape(dict(c.mesh), config_lib.topology_chips(c.topology))
   c.mesh.update(data=min(data, 2), fsdp=GUARD_CHIPS // min(data, 2), tensor=1)
   c.topology = GUARD_TOPOLOGY
   for field in ('batch_size', 'minibatch_size'):

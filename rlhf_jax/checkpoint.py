@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from rlhf_jax import atomic, sharding
+
 CHECKPOINT_DIR = 'checkpoints'
 SUMMARY_FILE = 'summary.json'
 STATE, META = 'state', 'meta'
@@ -96,18 +98,6 @@ def fingerprint(roles: Mapping[str, tuple[Any, str]]) -> dict[str, Any]:
     out[f'{role}.head'] = head
     out.update({f'{role}.{name}': getattr(model, name) for name in GEOMETRY_FIELDS})
   return out
-
-
-def with_shardings(abstract: Any, shardings: Any) -> Any:
-  """ShapeDtypeStructs carrying shardings: the restore target, so arrays land sharded.
-
-  `shardings` matches `abstract` or is a prefix of it (one sharding for a whole subtree).
-  """
-  def attach(sharding, subtree):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        subtree)
-  return jax.tree.map(attach, shardings, abstract,
-                      is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
 
 
 def _path_str(path: tuple) -> str:
@@ -214,7 +204,7 @@ class Checkpointer:
     <stage_dir>/corrupt_checkpoints/ with a warning and the next older one is tried.
 
     Args:
-      abstract_state: the target, ShapeDtypeStructs with shardings (`with_shardings`).
+      abstract_state: the target, ShapeDtypeStructs with shardings (`sharding.with_shardings`).
       iterators: fresh grain DatasetIterators of the same datasets, set in place.
       step: which checkpoint; None for the newest intact one.
 
@@ -306,7 +296,8 @@ def load_params(stage_dir: str, abstract_params: Any, shardings: Any = None, *,
   manager = _manager(directory, num_data=0, read_only=True)
   step = summary.get('checkpoint_step', manager.latest_step())
   path = os.path.join(directory, str(step))
-  target = abstract_params if shardings is None else with_shardings(abstract_params, shardings)
+  target = (abstract_params if shardings is None
+            else sharding.with_shardings(abstract_params, shardings))
   keys = field.split('.')
   for key in reversed(keys):
     target = {key: target}
@@ -338,9 +329,7 @@ def write_summary(stage_dir: str, summary: Mapping[str, Any]) -> None:
 
 def write_json(path: str, value: Any) -> None:
   """Writes `value` as JSON atomically: a reader sees the old file or the whole new one."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)
+  atomic.write_lines(path, [json.dumps(value, indent=2, sort_keys=True)])
 
 
 def read_summary(stage_dir: str) -> dict[str, Any] | None:

@@ -207,6 +207,14 @@ def geometry_arg(arg: str | None, default: str = 'tiny') -> str:
   return name
 
 
+def topology_chips(topology: str) -> int:
+  """Chips (devices) of a TPU slice named as jax.experimental.topologies does: 'v5p:4x4x8': 128."""
+  try:
+    return math.prod(int(n) for n in topology.split(':')[1].split('x'))
+  except (IndexError, ValueError):
+    raise ConfigError(f"topology {topology!r}: expected a name like 'v5p:4x4x4'") from None
+
+
 def mesh_for(geometry: str) -> ml_collections.ConfigDict:
   """Default mesh: pure data parallel on small models, FSDP (+ tensor at 175B) on paper sizes."""
   if geometry == '175b':
@@ -271,6 +279,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for axis in ('data', 'fsdp', 'tensor'):
     if config.mesh[axis] == 0 or config.mesh[axis] < -1:
       raise ConfigError(f'mesh.{axis}={config.mesh[axis]} must be positive or -1')
+  if list(config.mesh.values()).count(-1) > 1:
+    raise ConfigError(f'mesh {dict(config.mesh)}: at most one axis may be -1 (all remaining '
+                      'devices)')
+  if 'k_max' in config and config.k_max < 2:
+    raise ConfigError(f'k_max={config.k_max} must be at least 2: a ranking orders two or more '
+                      'completions')
+  if 'k_min' in config and not 2 <= config.k_min <= config.k_max:
+    raise ConfigError(f'k_min={config.k_min}, k_max={config.k_max}: need 2 <= k_min <= k_max')
   data = config.get('data')
   if data is not None and 'prompt_len' in data:
     if data.prompt_len + data.response_len > config.model.max_len:

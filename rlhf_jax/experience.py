@@ -28,7 +28,9 @@ ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 class PPOSettings:
   """Static settings of make_experience and ppo_step (hashable; bind with functools.partial).
 
-  Build it from a stage config with `ppo.settings_from_config`; the fields mirror the config's.
+  Build it from a stage config with `stages.ppo.settings_from_config`: every field after
+  `score_fn` is the config field of the same name. configs/ppo.py holds their values (and cites
+  the paper's), so none has a default here.
 
   Attributes:
     policy_model: geometry of the policy and of the reference policy.
@@ -38,6 +40,7 @@ class PPOSettings:
     response_len: N, tokens sampled per response.
     eos_id: the stop token; None samples exactly N tokens and never applies `no_eos_penalty`.
     pad_id: written after EOS.
+    score_fn: a stand-in for the reward model (toy rewards in tests and experiments), or None.
     batch_size: episodes per iteration (paper 512).
     minibatch_size: episodes per optimizer step (paper 64).
     ppo_epochs: passes over the rollout batch per iteration (paper 1).
@@ -50,8 +53,7 @@ class PPOSettings:
     whiten_rewards: scale-only whitening of the shaped rewards over the rollout batch.
     whiten_advantages: zero-mean unit-variance advantages over the rollout batch.
     no_eos_penalty: the score of a response that never emits EOS.
-    ema_decay: policy EMA decay (paper 0.992).
-    score_fn: optional stand-in for the reward model (toy rewards in tests and experiments).
+    ema_decay: policy EMA decay per iteration.
     rollout_chunks: generate and score the batch in this many chunks of rows, one after the
       other: their peak memory (KV cache, [B, N, V] logits) shrinks by this factor.
     ptx_chunks: accumulate the pretraining gradient over this many chunks of its rows.
@@ -68,25 +70,25 @@ class PPOSettings:
   response_len: int
   eos_id: Optional[int]
   pad_id: int
+  score_fn: Optional[ScoreFn]
   batch_size: int
   minibatch_size: int
-  ppo_epochs: int = 1
-  temperature: float = 1.0
-  kl_target: float = 0.0
-  kl_horizon: float = 10_000.0
-  ptx_coef: float = 0.0
-  clip: float = 0.2
-  value_clip: float = 0.2
-  gae_gamma: float = 1.0
-  gae_lambda: float = 0.95
-  whiten_rewards: bool = False
-  whiten_advantages: bool = True
-  no_eos_penalty: float = -1.0
-  ema_decay: float = rl_math.EMA_DECAY
-  score_fn: Optional[ScoreFn] = None
-  rollout_chunks: int = 1
-  ptx_chunks: int = 1
-  unroll_update_layers: bool = False
+  ppo_epochs: int
+  temperature: float
+  kl_target: float
+  kl_horizon: float
+  ptx_coef: float
+  clip: float
+  value_clip: float
+  gae_gamma: float
+  gae_lambda: float
+  whiten_rewards: bool
+  whiten_advantages: bool
+  no_eos_penalty: float
+  ema_decay: float
+  rollout_chunks: int
+  ptx_chunks: int
+  unroll_update_layers: bool
 
   @property
   def n_minibatches(self) -> int:

@@ -411,7 +411,7 @@ def run(step_fn: StepFn, *, init_state: Callable[[], Any], abstract_state: Any,
   Args:
     step_fn: `(state, batch, rng) -> (state, metrics)`, built from `jit_step` functions.
     init_state: builds the initial sharded state; called only when there is no checkpoint.
-    abstract_state: the state's ShapeDtypeStructs with shardings (checkpoint.with_shardings),
+    abstract_state: the state's ShapeDtypeStructs with shardings (sharding.with_shardings),
       the restore target.
     data: a grain IterDataset, or a tuple of them (the batch is then the tuple of batches).
     stage_dir: the stage's folder (checkpoints, metrics.jsonl, perf.jsonl, tensorboard/).

@@ -1,7 +1,8 @@
 """Entry point: `python -m rlhf_jax.main --config=configs/<stage>.py[:<geometry>] [--workdir=DIR]`.
 
-Parses and validates the config (before anything is compiled), then either describes the run
-(`--dry_run`) or runs the stage, producing any missing inputs first.
+Parses and validates the config and its fit to the stage's inputs (before anything is
+compiled), then either describes the run (`--dry_run`) or runs the stage, producing any missing
+inputs first.
 """
 import pathlib
 import sys
@@ -48,11 +49,17 @@ def local_mesh(config) -> dict[str, int] | None:
     return None
 
 
-def dry_run_check(config) -> None:
-  """What a run would check before compiling, as far as this machine can tell: the config
-  (`config_lib.validate`) and, when its devices can form the mesh, its batches over that mesh."""
-  config_lib.validate(config)
+def check_batches(config) -> None:
+  """The batches' split over the mesh the run would have, as far as this machine can tell: over
+  its devices when they can form the config's mesh, else over the slice the config names
+  (`topology`), where a mesh that does not cover the slice is a ConfigError."""
   shape = local_mesh(config)
+  if shape is None and config.get('topology'):
+    try:
+      shape = dict(zip(sharding.AXES, sharding.mesh_shape(
+          dict(config.mesh), config_lib.topology_chips(config.topology))))
+    except ValueError as e:
+      raise config_lib.ConfigError(f'topology {config.topology}: {e}') from None
   if shape is not None:
     config_lib.validate_batches(config, shape['data'] * shape['fsdp'])
 
@@ -64,16 +71,19 @@ def main(argv):
   config = FLAGS.config
   if FLAGS.workdir:
     config.workdir = FLAGS.workdir
-  from rlhf_jax import stages  # the training stack is imported only when something runs
+  # Every stage's modules (orbax, grain, ...) take seconds to import: flag and config-file
+  # errors, reported before main, do not wait for them.
+  from rlhf_jax import stages
+  config_dir = pathlib.Path(config_flags.get_config_filename(FLAGS['config'])).parent
   try:
     if FLAGS.dry_run:
-      dry_run_check(config)
+      stages.check_inputs(config, config_dir)
+      check_batches(config)
       overrides = [arg for arg in sys.argv[1:] if arg.startswith('--config.')]
       print(describe(config) + f'\n  overrides {" ".join(overrides) or "none"}')
       return
     config_lib.validate(config)
     distributed.initialize_from_flags()  # before any device is touched
-    config_dir = pathlib.Path(config_flags.get_config_filename(FLAGS['config'])).parent
     if FLAGS.reuse_from:
       linked = stages.link_inputs(config, FLAGS.reuse_from)
       print(f'[{config.stage}] reusing {", ".join(linked) or "nothing"} from {FLAGS.reuse_from}',

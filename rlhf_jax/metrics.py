@@ -22,6 +22,8 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
+from rlhf_jax import atomic
+
 TIMING_PREFIXES = ('perf/', 'time/')
 METRICS_FILE = 'metrics.jsonl'
 PERF_FILE = 'perf.jsonl'
@@ -96,10 +98,8 @@ class JsonlLog:
         if line.strip() and (entry := json.loads(line))['step'] <= resume_step:
           kept.append(line + '\n')
           self.last = {k: v for k, v in entry.items() if k != 'step'}
-      # Rewritten through a temporary file so a crash here cannot leave a half-written log.
-      with open(path + '.tmp', 'w') as f:
-        f.writelines(kept)
-      os.replace(path + '.tmp', path)
+      # Rewritten atomically so a crash here cannot leave a half-written log.
+      atomic.write_lines(path, kept)
     self._file = open(path, 'a')
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:

@@ -15,19 +15,17 @@ from typing import Any, Optional
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 from jax.sharding import Mesh
 
-from rlhf_jax import config_lib, losses, optim, rl_math
-from rlhf_jax.experience import (Experience, Frozen, Metrics, PPOSettings, ScoreFn, generate,
+from rlhf_jax import losses, rl_math
+from rlhf_jax.experience import (Experience, Frozen, Metrics, PPOSettings, generate,
                                  make_experience, response_logprobs, response_values, score)
 from rlhf_jax.models import LanguageModel
 from rlhf_jax.sharding import constrain, replicated
 from rlhf_jax.state import TrainState, abstract_train_state, create_train_state
 
 __all__ = ['Experience', 'Frozen', 'PPOSettings', 'PPOState', 'abstract_ppo_state', 'generate',
-           'init_ppo_state', 'make_experience', 'policy_gradients', 'ppo_step', 'score',
-           'settings_from_config']
+           'init_ppo_state', 'make_experience', 'policy_gradients', 'ppo_step', 'score']
 
 
 @flax.struct.dataclass
@@ -38,7 +36,8 @@ class PPOState:
     step: [] int32, PPO iterations done.
     policy: the policy's TrainState (its step counts optimizer updates, U per iteration).
     value: the value model's TrainState (a ScalarModel initialised from the RM, paper C.4).
-    ema_params: EMA of the policy params (decay 0.992), what evaluation uses by default.
+    ema_params: EMA of the policy params (decay `ema_decay`), what evaluation uses by
+      default.
     kl_coef: [] float32, beta; changes only under the adaptive controller.
   """
   step: jax.Array
@@ -76,49 +75,6 @@ def abstract_ppo_state(settings: PPOSettings, mesh: Mesh) -> tuple[PPOState, PPO
                     value=value, ema_params=policy.params,
                     kl_coef=jax.ShapeDtypeStruct((), jnp.float32, sharding=scalar))
   return shapes, shardings
-
-
-def settings_from_config(config: ml_collections.ConfigDict, *, eos_id: Optional[int], pad_id: int,
-                         score_fn: Optional[ScoreFn] = None) -> PPOSettings:
-  """PPOSettings of a `configs/ppo.py`-style config, with both optimizers built.
-
-  The configs give the warmup in PPO iterations (paper: "warmup over the first 10 iterations"),
-  but the optimizers step once per minibatch, so the warmup is stretched to
-  `warmup_steps * updates_per_iteration` optimizer steps.
-
-  Args:
-    config: the stage config (fields as in configs/ppo.py).
-    eos_id, pad_id: the tokenizer's ids (eos_id None: fixed-length responses, no EOS penalty).
-    score_fn: optional replacement of the reward model.
-
-  Raises:
-    ConfigError: when the config does not validate (`config_lib.validate`: e.g. the batch does
-      not split into whole minibatches or chunks).
-  """
-  config_lib.validate(config)
-  updates = config.ppo_epochs * (config.batch_size // config.minibatch_size)
-  total = max(config.episodes // config.batch_size, 1) * updates
-
-  def optimizer(opt):
-    opt = ml_collections.ConfigDict(opt.to_dict())
-    opt.warmup_steps = int(opt.warmup_steps) * updates
-    return optim.make_optimizer(opt, total), optim.schedule(opt, total)
-
-  policy_tx, policy_lr = optimizer(config.optimizer)
-  value_tx, value_lr = optimizer(config.value_optimizer)
-  return PPOSettings(
-      policy_model=config_lib.to_model_config(config.model),
-      reward_model=config_lib.to_model_config(config.reward_model),
-      policy_tx=policy_tx, value_tx=value_tx, policy_lr=policy_lr, value_lr=value_lr,
-      response_len=config.data.response_len, eos_id=eos_id, pad_id=pad_id,
-      batch_size=config.batch_size, minibatch_size=config.minibatch_size,
-      ppo_epochs=config.ppo_epochs, temperature=config.temperature, kl_target=config.kl_target,
-      kl_horizon=config.kl_horizon, ptx_coef=config.ptx_coef, clip=config.clip,
-      value_clip=config.value_clip, gae_gamma=config.gae_gamma, gae_lambda=config.gae_lambda,
-      whiten_rewards=config.whiten_rewards, whiten_advantages=config.whiten_advantages,
-      no_eos_penalty=config.no_eos_penalty, ema_decay=config.ema_decay, score_fn=score_fn,
-      rollout_chunks=config.rollout_chunks, ptx_chunks=config.ptx_chunks,
-      unroll_update_layers=config.unroll_update_layers)
 
 
 def update_settings(settings: PPOSettings) -> PPOSettings:

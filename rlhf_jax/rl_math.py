@@ -12,10 +12,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-# InstructGPT App. C.4: "Exponential moving averages of the weights are applied, with a decay
-# rate of 0.992."
-EMA_DECAY = 0.992
-
 
 def masked_sum(x: jax.Array, mask: jax.Array, axis: int | tuple[int, ...] | None = None,
                keepdims: bool = False) -> jax.Array:
@@ -192,7 +188,7 @@ def adaptive_kl_coef(coef: float | jax.Array, current_kl: float | jax.Array, tar
   return coef * (1 + err * n_steps / horizon)
 
 
-def ema_update(ema_tree: Any, tree: Any, decay: float | jax.Array = EMA_DECAY) -> Any:
+def ema_update(ema_tree: Any, tree: Any, decay: float | jax.Array) -> Any:
   """Exponential moving average of parameters: decay * ema + (1 - decay) * params, leafwise."""
   return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema_tree, tree)
 

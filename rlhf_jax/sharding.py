@@ -142,6 +142,26 @@ def create_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args) -> tuple[Any,
   return nn.unbox(tree), nn.unbox(shardings)
 
 
+def abstract_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args) -> tuple[Any, Any]:
+  """What `create_sharded` would build, without allocating: ShapeDtypeStructs that carry their
+  shardings (a restore target, or arguments to lower a step on), and the shardings."""
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = nn.unbox(logical_shardings(abstract, mesh))
+  return with_shardings(nn.unbox(abstract), shardings), shardings
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying shardings: the restore target, so arrays land sharded.
+
+  `shardings` matches `abstract` or is a prefix of it (one sharding for a whole subtree).
+  """
+  def attach(sharding, subtree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        subtree)
+  return jax.tree.map(attach, shardings, abstract,
+                      is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+
+
 def batch_size_multiple(mesh: Mesh) -> int:
   """Global batch sizes must be divisible by this."""
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))

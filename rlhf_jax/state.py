@@ -3,7 +3,6 @@ import functools
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,12 +75,8 @@ def abstract_train_state(config: ModelConfig, head: str, tx: optax.GradientTrans
   Nothing is allocated: this is the target to restore a checkpoint into, or to lower a step for
   an ahead-of-time memory check.
   """
-  abstract = jax.eval_shape(functools.partial(_init_train_state, config, head, tx),
-                            jax.random.key(0))
-  shardings = nn.unbox(sharding.logical_shardings(abstract, mesh))
-  shapes = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        nn.unbox(abstract), shardings)
-  return shapes, shardings
+  return sharding.abstract_sharded(functools.partial(_init_train_state, config, head, tx), mesh,
+                                   jax.random.key(0))
 
 
 def create_sharded_train_state(config: ModelConfig, head: str, tx: optax.GradientTransformation,

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import resource
 import signal
 import subprocess
@@ -11,7 +12,8 @@ import sys
 
 import pytest
 
-from rlhf_jax import config_lib, hf
+from rlhf_jax import checkpoint, config_lib, hf, stages
+from rlhf_jax import main as main_lib
 from rlhf_jax.hf import cli as hf_cli
 from rlhf_jax.data import __main__ as data_cli
 from rlhf_jax.data.tokenizers import train_sentencepiece
@@ -149,6 +151,64 @@ def test_config_values_that_cannot_run(field, value, message):
   config.update_from_flattened_dict({field: value})
   with pytest.raises(config_lib.ConfigError, match=f'^{message}$'):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize('spec, field, value, message', [
+    ('sft.py', 'mesh.fsdp', -1,
+     "mesh {'data': -1, 'fsdp': -1, 'tensor': 1}: at most one axis may be -1 (all remaining "
+     "devices)"),
+    ('rm.py', 'k_max', 1, 'k_max=1 must be at least 2: a ranking orders two or more completions'),
+    ('sample.py', 'k_min', 10, 'k_min=10, k_max=9: need 2 <= k_min <= k_max'),
+])
+def test_config_rules_across_fields(spec, field, value, message):
+  config = config_lib.load_config(str(REPO / 'configs' / spec))
+  config.update_from_flattened_dict({field: value})
+  with pytest.raises(config_lib.ConfigError, match=f'^{re.escape(message)}$'):
+    config_lib.validate(config)
+
+
+def test_a_model_that_its_init_stage_does_not_have(tmp_path):
+  """Found before any input stage runs: against the shipped config that would make the input,
+  and against a completed input's summary."""
+  config = config_lib.load_config(str(REPO / 'configs' / 'ppo.py'))
+  config.workdir, config.model.n_layers = str(tmp_path), 2
+  message = ("model: n_layers=2 but init_from='sft_init' has n_layers=4 "
+             '(configs/sft_init.py:tiny); its checkpoint would not load')
+  with pytest.raises(config_lib.ConfigError, match=f'^{re.escape(message)}$'):
+    stages.check_inputs(config, 'configs')
+  made = config_lib.model_config_dict('tiny')
+  made.n_layers = 6
+  (tmp_path / 'sft_init').mkdir()
+  checkpoint.write_summary(str(tmp_path / 'sft_init'), {'model': made.to_dict()})
+  config.model.n_layers = 4
+  message = (f"model: n_layers=4 but init_from='sft_init' has n_layers=6 "
+             f'({tmp_path}/sft_init/summary.json); its checkpoint would not load')
+  with pytest.raises(config_lib.ConfigError, match=f'^{re.escape(message)}$'):
+    stages.check_inputs(config, 'configs')
+
+
+def test_a_reward_model_k_max_below_the_rankings_to_come(tmp_path):
+  config = config_lib.load_config(str(REPO / 'configs' / 'rm.py'))
+  config.workdir, config.k_max = str(tmp_path), 5
+  message = ('k_max=5 but the sample stage ranks up to k_max=9 completions '
+             '(configs/sample.py:tiny)')
+  with pytest.raises(config_lib.ConfigError, match=f'^{re.escape(message)}$'):
+    stages.check_inputs(config, 'configs')
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('mesh.fsdp', 16, "topology v5p:4x4x4: mesh: {'data': 8, 'fsdp': 16, 'tensor': 1} needs 128 "
+     'devices, have 64'),
+    ('minibatch_size', 32, 'minibatch_size=32 is not divisible by the mesh batch axes (data x '
+     'fsdp = 64)'),
+])
+def test_a_dry_run_splits_the_batches_over_the_target_slice(field, value, message):
+  """The 8 test devices cannot form the 1.3B mesh: the dry run checks it on its v5p slice."""
+  config = config_lib.load_config(str(REPO / 'configs' / 'ppo_ptx.py') + ':1.3b')
+  main_lib.check_batches(config)
+  config.update_from_flattened_dict({field: value})
+  with pytest.raises(config_lib.ConfigError, match=f'^{re.escape(message)}$'):
+    main_lib.check_batches(config)
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def test_save_restore_sharded_with_data_position(tmp_path):
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2', '3']
   fresh = iter(ds)
   ckpt = checkpoint.Checkpointer(str(tmp_path), checkpoint.fingerprint(roles()))
-  restored, step = ckpt.restore(checkpoint.with_shardings(jax.eval_shape(lambda: state), shardings),
+  restored, step = ckpt.restore(sharding.with_shardings(jax.eval_shape(lambda: state), shardings),
                                 [fresh])
   ckpt.close()
   assert step == 3
@@ -69,7 +69,7 @@ def test_other_geometry_refused_in_one_line(tmp_path):
   ckpt.save(5, state)
   ckpt.close()
   other = checkpoint.Checkpointer(str(tmp_path), checkpoint.fingerprint(roles(256)))
-  target = checkpoint.with_shardings(jax.eval_shape(lambda: state), shardings)
+  target = sharding.with_shardings(jax.eval_shape(lambda: state), shardings)
   with pytest.raises(checkpoint.CheckpointMismatch) as e:
     other.restore(target)
   message = str(e.value)
@@ -84,7 +84,7 @@ def test_shape_mismatch_refused_before_reading(tmp_path):
   ckpt.save(1, state)
   ckpt.wait()
   bigger, shardings = make_state(32)
-  target = checkpoint.with_shardings(jax.eval_shape(lambda: bigger), shardings)
+  target = sharding.with_shardings(jax.eval_shape(lambda: bigger), shardings)
   with pytest.raises(checkpoint.CheckpointMismatch, match=r'params/w has shape \(16, 4\), the '
                      r'config needs \(32, 4\)$'):
     ckpt.restore(target)

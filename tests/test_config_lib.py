@@ -3,7 +3,7 @@ import glob
 
 import pytest
 
-from rlhf_jax import config_lib, state
+from rlhf_jax import config_lib, stages, state
 
 CONFIG_FILES = sorted(glob.glob('configs/*.py'))
 
@@ -14,10 +14,12 @@ def test_config_files_exist():
 
 @pytest.mark.parametrize('path', CONFIG_FILES)
 @pytest.mark.parametrize('geometry', ['tiny', '1.3b', '6b', '175b'])
-def test_every_shipped_config_loads_and_validates(path, geometry):
+def test_every_shipped_config_loads_and_validates(path, geometry, tmp_path):
   config = config_lib.load_config(f'{path}:{geometry}')
   config_lib.validate(config)
   assert config.stage
+  config.workdir = str(tmp_path)  # every input still to run with its shipped config
+  stages.check_inputs(config, 'configs')
 
 
 @pytest.mark.parametrize('name', sorted(config_lib.GPT3_PAPER_PARAMS))

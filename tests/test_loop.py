@@ -73,7 +73,7 @@ def toy_run(stage_dir, total_steps, *, log_every=2, checkpoint_every=5, nan_batc
                        batch_shardings=batch_shardings)
   return loop.run(
       wrap(step), init_state=jax.jit(init, out_shardings=state_shardings),
-      abstract_state=checkpoint.with_shardings(jax.eval_shape(init), state_shardings),
+      abstract_state=sharding.with_shardings(jax.eval_shape(init), state_shardings),
       data=data or toy_dataset(nan_batch), stage_dir=str(stage_dir), base_rng=jax.random.key(0),
       schedule=loop.Schedule(total_steps, log_every=log_every, checkpoint_every=checkpoint_every,
                              **({'divergence': divergence} if divergence else {})),
@@ -186,7 +186,7 @@ def test_two_phase_iteration_with_frozen_extras(tmp_path):
     init = functools.partial(toy_init, tx)
     return loop.run(
         iteration, init_state=jax.jit(init, out_shardings=rep),
-        abstract_state=checkpoint.with_shardings(jax.eval_shape(init), rep),
+        abstract_state=sharding.with_shardings(jax.eval_shape(init), rep),
         data=(toy_dataset(), toy_dataset()), stage_dir=str(tmp_path), base_rng=jax.random.key(0),
         schedule=loop.Schedule(total, log_every=2), fingerprint=FINGERPRINT,
         batch_shardings=rows, loss_key='toy/loss')

@@ -12,6 +12,7 @@ import pytest
 
 from rlhf_jax import config_lib, experience, ppo, rl_math, sampling, sharding, state
 from rlhf_jax.models import LanguageModel, ModelConfig, ScalarModel, last_token_value
+from rlhf_jax.stages import ppo as ppo_stage
 
 CFG = ModelConfig(vocab_size=64, n_layers=2, d_model=32, n_heads=4, d_head=8, d_ff=64, max_len=32)
 P, N, B, M = 4, 6, 8, 4  # prompt length, response length, episodes, minibatch size
@@ -21,11 +22,17 @@ PAD, EOS = 0, 1
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
+# The paper's PPO settings (configs/ppo.py at a paper geometry), which tests change one at a time.
+PAPER = config_lib.load_config('configs/ppo.py:1.3b')
+
+
 def make_settings(**kw):
-  fields = dict(policy_model=CFG, reward_model=CFG, policy_tx=optax.adam(1e-3),
+  fields = {f.name: PAPER[f.name] for f in dataclasses.fields(ppo.PPOSettings)
+            if f.name not in ppo_stage.BUILT_FIELDS}
+  fields.update(policy_model=CFG, reward_model=CFG, policy_tx=optax.adam(1e-3),
                 value_tx=optax.adam(1e-3), policy_lr=optax.constant_schedule(1e-3),
                 value_lr=optax.constant_schedule(1e-3), response_len=N, eos_id=EOS, pad_id=PAD,
-                batch_size=B, minibatch_size=M)
+                score_fn=None, batch_size=B, minibatch_size=M)
   fields.update(kw)
   return ppo.PPOSettings(**fields)
 
@@ -218,7 +225,7 @@ def test_ppo_step_ema_kl_and_counters(setup, stepped):
 @pytest.mark.parametrize('geometry', ['tiny', '1.3b'])
 def test_warmup_counts_iterations(geometry):
   config = config_lib.load_config(f'configs/ppo.py:{geometry}')
-  settings = ppo.settings_from_config(config, eos_id=EOS, pad_id=PAD)
+  settings = ppo_stage.settings_from_config(config, eos_id=EOS, pad_id=PAD)
   u = settings.updates_per_iteration
   assert u == config.batch_size // config.minibatch_size * config.ppo_epochs
   lr, w = config.optimizer.lr, config.optimizer.warmup_steps  # warmup in iterations
@@ -228,6 +235,15 @@ def test_warmup_counts_iterations(geometry):
   np.testing.assert_allclose(settings.policy_lr(half), (0.1 + 0.9 * half / (w * u)) * lr, rtol=1e-5)
   np.testing.assert_allclose(settings.policy_lr(w * u), lr, rtol=1e-6)
   np.testing.assert_allclose(settings.value_lr(w * u + 7), config.value_optimizer.lr, rtol=1e-6)
+
+
+def test_settings_need_every_ppo_field():
+  config = config_lib.load_config('configs/ppo.py')
+  del config['clip']
+  with pytest.raises(config_lib.ConfigError,
+                     match='^ppo: the config has no clip; PPO reads every field that '
+                           'configs/ppo.py sets$'):
+    ppo_stage.settings_from_config(config, eos_id=EOS, pad_id=PAD)
 
 
 def test_toy_reward_increases():

@@ -1,25 +1,24 @@
 """Real-data recipes cannot run here (no downloads): their configs must load, validate and
 resolve their inputs to the user's data and checkpoint, never to the mini world."""
-import glob
-import pathlib
+import re
 
 import pytest
 
 from rlhf_jax import config_lib, stages
 
-RECIPE_FILES = sorted(p for p in glob.glob('configs/recipes/*/*.py')
-                      if pathlib.Path(p).stem != 'recipe')
+RECIPES = ('configs/recipes/hh.py', 'configs/recipes/tldr.py')
+STAGES = ('sft', 'sft_init', 'rm', 'ppo_ptx', 'label')
 
 
-def test_recipes_exist():
-  assert len(RECIPE_FILES) >= 5
-
-
-@pytest.mark.parametrize('path', RECIPE_FILES)
+@pytest.mark.parametrize('path', RECIPES)
+@pytest.mark.parametrize('stage', STAGES)
 @pytest.mark.parametrize('geometry', ['pythia-1b', 'gpt2'])
-def test_recipe_stage_validates_and_uses_user_inputs(path, geometry):
-  config = config_lib.load_config(f'{path}:{geometry}')
+def test_recipe_stage_validates_and_uses_user_inputs(path, stage, geometry, tmp_path):
+  config = config_lib.load_config(f'{path}:stage={stage},geometry={geometry}')
+  assert config.stage == stage and config.model.geometry == geometry
   config_lib.validate(config)
+  config.workdir = str(tmp_path)
+  stages.check_inputs(config, 'configs')  # the recipe's own file, not configs/, gives its inputs
   needs = stages.needs(config)
   assert 'world' not in needs and 'pretrain' not in needs and 'sample' not in needs
   if config.stage in ('sft', 'sft_init'):
@@ -30,13 +29,26 @@ def test_recipe_stage_validates_and_uses_user_inputs(path, geometry):
 
 
 def test_recipe_keeps_the_paper_numbers():
-  ppo = config_lib.load_config('configs/recipes/hh/ppo_ptx.py')
+  ppo = config_lib.load_config('configs/recipes/hh.py')  # ppo_ptx at pythia-1b by default
+  assert (ppo.stage, ppo.model.geometry) == ('ppo_ptx', 'pythia-1b')
   assert (ppo.batch_size, ppo.minibatch_size, ppo.ptx_coef, ppo.kl_coef) == (512, 64, 27.8, 0.02)
   assert ppo.ptx_per_episode == 8
-  rm = config_lib.load_config('configs/recipes/hh/rm.py')
+  rm = config_lib.load_config('configs/recipes/hh.py:stage=rm')
   assert (rm.batch_size, rm.optimizer.lr, rm.epochs) == (64, 9e-6, 1)
 
 
-def test_unknown_recipe_geometry_is_a_config_error():
-  with pytest.raises(config_lib.ConfigError, match='recipe geometry'):
-    config_lib.load_config('configs/recipes/hh/sft.py:tiny')
+def test_inputs_come_from_the_recipe_file():
+  config = config_lib.load_config('configs/recipes/tldr.py:stage=ppo_ptx,geometry=gpt2')
+  rm = stages.dependency_config(config, 'rm', 'configs')
+  assert (rm.stage, rm.model.geometry) == ('rm', 'gpt2')
+  assert rm.data.rankings == 'data/tldr/rankings.jsonl'
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('stage=sft,geometry=tiny', "recipe geometry 'tiny'; use one of ['gpt2', 'pythia-1b']"),
+    ('stage=eval', "recipe stage 'eval'; use one of ['label', 'ppo_ptx', 'rm', 'sft', 'sft_init']"),
+    ('gpt2', "recipe argument 'gpt2'; use stage=STAGE,geometry=NAME"),
+])
+def test_bad_recipe_arguments_are_config_errors(arg, message):
+  with pytest.raises(config_lib.ConfigError, match=f'^{re.escape(message)}$'):
+    config_lib.load_config(f'configs/recipes/hh.py:{arg}')

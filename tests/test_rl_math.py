@@ -152,8 +152,8 @@ def test_adaptive_kl_coef(kl, expected_err):
 def test_ema_update_on_a_tree():
   ema = {'w': jnp.array([1.0, 2.0]), 'b': {'c': jnp.array(4.0)}}
   params = {'w': jnp.array([3.0, 0.0]), 'b': {'c': jnp.array(-4.0)}}
-  out = rl_math.ema_update(ema, params)
-  d = rl_math.EMA_DECAY
+  d = 0.992
+  out = rl_math.ema_update(ema, params, d)
   np.testing.assert_allclose(out['w'], [d * 1 + (1 - d) * 3, d * 2], rtol=RTOL)
   np.testing.assert_allclose(out['b']['c'], d * 4 - (1 - d) * 4, rtol=RTOL)
   np.testing.assert_allclose(rl_math.ema_update(ema, params, 0.5)['w'], [2.0, 1.0], rtol=RTOL)

@@ -123,7 +123,7 @@ def test_validation_selects_an_iteration_and_eval_loads_it(inputs, tmp_path):
   mesh = common.mesh(config)
   model, params = eval_stage.load_policy(eval_config, 'ppo_ptx', mesh)
   tok = common.tokenizer(config, model)
-  settings = ppo.settings_from_config(config, eos_id=tok.eos_id, pad_id=tok.pad_id)
+  settings = ppo_stage.settings_from_config(config, eos_id=tok.eos_id, pad_id=tok.pad_id)
   reference, reward, bias = ppo_stage._load_inputs(config, settings, mesh)
   frozen = ppo.Frozen(reference, reward, jax.numpy.asarray(bias))
   rollout = validation.Rollout(config, tok, model, settings.reward_model, frozen, mesh)

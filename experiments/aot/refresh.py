@@ -45,8 +45,9 @@ def jobs() -> list[tuple[str, str, str | None]]:
   """(report name, config spec, topology or None for the config's own), in refresh order."""
   paper = [(f'paper_{geometry}_{stage}', f'configs/{stage}.py:{geometry}', None)
            for geometry in config_lib.PAPER_GEOMETRIES for stage in PAPER_STAGES]
-  recipes = [(f'{recipe}_pythia-1b_{stage}', f'configs/recipes/{recipe}/{stage}.py:pythia-1b',
-              RECIPE_TOPOLOGY) for recipe in ('hh', 'tldr') for stage in RECIPE_STAGES]
+  recipes = [(f'{recipe}_pythia-1b_{stage}',
+              f'configs/recipes/{recipe}.py:stage={stage},geometry=pythia-1b', RECIPE_TOPOLOGY)
+             for recipe in ('hh', 'tldr') for stage in RECIPE_STAGES]
   return paper + recipes
 
 

@@ -69,7 +69,7 @@ def main():
   parser.add_argument('--iters', type=int, default=5, help='timed iterations after 2 warm-up')
   args = parser.parse_args()
   config = workload_config(args.geometry)
-  settings = ppo.settings_from_config(config, eos_id=None, pad_id=0)
+  settings = ppo_stage.settings_from_config(config, eos_id=None, pad_id=0)
   mesh = sharding.make_mesh(dict(config.mesh), jax.devices()[:1])
   print(f'machine: {timing.machine()}; jax {jax.__version__}; geometry {args.geometry}; '
         f'{EPISODES} episodes x ({PROMPT_LEN} + {RESPONSE_LEN}) tokens, '

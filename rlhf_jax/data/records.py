@@ -30,8 +30,9 @@ import math
 import numbers
 import os
 import sys
-import uuid
 from typing import Any, Iterable, Iterator
+
+from rlhf_jax import atomic
 
 KINDS = ('text', 'demonstrations', 'rankings', 'prompts', 'samples')
 OPTIONAL_FIELDS = ('id', 'meta')
@@ -295,24 +296,13 @@ def write_records(path: str | os.PathLike, kind: str, records: Iterable[dict]) -
     raise RecordError('file', 'no records to write (readers reject empty files)', path)
   if os.path.isdir(path):
     raise RecordError('file', 'is a directory, expected a file path', path)
-  directory = os.path.dirname(os.path.abspath(path))
-  tmp = os.path.join(directory, f'.{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp')
   try:
-    os.makedirs(directory, exist_ok=True)
-    # os.open with mode 0o666 honours the umask, unlike tempfile.mkstemp's private 0o600.
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), 'w',
-              encoding='utf-8', newline='\n') as f:
-      f.writelines(lines)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic.write_lines(path, lines)
   except OSError as e:
     # Read-only folder, disk full, a parent that is a file: nothing is written.
     where = f': {e.filename}' if e.filename else ''
     raise RecordError('file', f'cannot write: {e.strerror or e}{where}', path) from None
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
   return len(lines)
 
 

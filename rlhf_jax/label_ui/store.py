@@ -14,27 +14,13 @@ import os
 import pathlib
 import threading
 import time
-import uuid
 from typing import Any
 
+from rlhf_jax import atomic
 from rlhf_jax.data import records
 from rlhf_jax.label_ui import tasks as tasks_lib
 
 EVENTS, RANKINGS, METADATA = 'events.jsonl', 'rankings.jsonl', 'metadata.jsonl'
-
-
-def write_atomic(path: pathlib.Path, lines: list[str]) -> None:
-  """Writes `lines` to `path` through a synced temporary file, so readers see all or nothing."""
-  tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:12]}.tmp')
-  try:
-    with open(tmp, 'w', encoding='utf-8', newline='\n') as f:
-      f.writelines(lines)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
 
 
 def read_events(path: pathlib.Path) -> list[dict]:
@@ -90,8 +76,8 @@ class Session:
     rankings, metadata = tasks_lib.output_records(self.tasks, self.state)
     if rankings:
       records.write_records(self.out / RANKINGS, 'rankings', rankings)
-      write_atomic(self.out / METADATA,
-                   [json.dumps(m, ensure_ascii=False) + '\n' for m in metadata])
+      atomic.write_lines(self.out / METADATA,
+                         [json.dumps(m, ensure_ascii=False) + '\n' for m in metadata])
     else:  # readers reject empty files: no labels, no files
       for name in (RANKINGS, METADATA):
         (self.out / name).unlink(missing_ok=True)

@@ -7,12 +7,12 @@ every stage it needs whose folder is not complete, so the main command works on 
 import contextlib
 import datetime
 import fcntl
-import importlib
 import os
 import pathlib
 import shutil
 import socket
 import time
+from typing import Callable
 
 import jax
 import ml_collections
@@ -21,13 +21,9 @@ from jax.experimental import multihost_utils
 
 from rlhf_jax import checkpoint, config_lib, hf, loop, metrics
 from rlhf_jax.data import pipeline, records
-from rlhf_jax.stages import provenance
-
-
-class WorkdirError(RuntimeError):
-  """The workdir is not in a state a stage can run in: another run holds the stage's folder, or
-  a file the stage would replace is not its own. The message is one line."""
-
+from rlhf_jax.stages import eval as eval_stage
+from rlhf_jax.stages import label, lm, ppo, provenance, rm, sample, world
+from rlhf_jax.stages.layout import WorkdirError, stage_dir, summary
 
 # Failures of a run that are the input's fault: main prints them as one line and exits 1.
 STAGE_ERRORS = (loop.NonFiniteLoss, checkpoint.CheckpointMismatch, checkpoint.CheckpointCorrupt,
@@ -51,51 +47,50 @@ NEEDS: dict[str, tuple[str, ...]] = {
     # Also evaluates gpt, gpt_prompted, ppo and ppo_ptx when complete; SFT is the baseline.
     'eval': ('world', 'sft'),
 }
-# stage -> 'module:function' running it as `function(config, stage_dir) -> summary dict`.
-RUNNERS = {
-    'world': 'world:run',
-    'pretrain': 'lm:run_lm',
-    'pretrain_rm': 'lm:run_lm',
-    'sft': 'lm:run_lm',
-    'sft_rm': 'lm:run_lm',
-    'sft_init': 'lm:run_lm',
-    'sample': 'sample:run',
-    'label': 'label:run',
-    'rm': 'rm:run_rm',
-    'ppo': 'ppo:run_ppo',
-    'ppo_ptx': 'ppo:run_ppo',
-    'eval': 'eval:run',
+# stage -> its runner: `runner(config, stage_dir) -> summary dict`.
+RUNNERS: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path], dict]] = {
+    'world': world.run,
+    'pretrain': lm.run_lm,
+    'pretrain_rm': lm.run_lm,
+    'sft': lm.run_lm,
+    'sft_rm': lm.run_lm,
+    'sft_init': lm.run_lm,
+    'sample': sample.run,
+    'label': label.run,
+    'rm': rm.run_rm,
+    'ppo': ppo.run_ppo,
+    'ppo_ptx': ppo.run_ppo,
+    'eval': eval_stage.run,
 }
 
 
 # stage -> the stage its `init_from` names by default (a Hugging Face folder or another stage
 # given instead replaces that dependency).
 INIT_STAGES = {'sft': 'pretrain', 'sft_init': 'pretrain', 'sft_rm': 'pretrain_rm', 'rm': 'sft_rm'}
-# Stages whose folder is named for what it holds rather than for the stage.
-FOLDERS = {'world': 'data', 'sample': 'samples', 'label': 'labels'}
 # Data fields a dependency inherits from the stage that asked for it (user data, world size).
 SHARED_DATA = ('world_scale', 'tokenizer', 'pretrain', 'pretrain_valid', 'demonstrations',
                'demonstrations_valid', 'rankings', 'rankings_valid', 'prompts', 'prompts_valid')
 
 
-def stage_dir(workdir: str, stage: str) -> pathlib.Path:
-  return pathlib.Path(workdir) / FOLDERS.get(stage, stage)
-
-
-def summary(workdir: str, stage: str) -> dict | None:
-  """The stage's summary.json if it completed, else None."""
-  return checkpoint.read_summary(str(stage_dir(workdir, stage)))
+def dependency_spec(config: ml_collections.ConfigDict, stage: str,
+                    config_dir: str | pathlib.Path) -> str:
+  """The config of `stage` in the pipeline of `config`, as `--config` names it: `<stage>.py`
+  in `config_dir` (the folder of the config that was run), or the config's own `stage_configs`
+  (a recipe's file with '{stage}' and '{geometry}' to fill), at the pipeline's geometry."""
+  # The pipeline's geometry is the policy's; a stage of another model (the RM's) records it.
+  geometry = config.get('pipeline_geometry') or config.model.geometry
+  if config.get('stage_configs'):
+    return config.stage_configs.format(stage=stage, geometry=geometry)
+  return f'{pathlib.Path(config_dir) / (stage + ".py")}:{geometry}'
 
 
 def dependency_config(config: ml_collections.ConfigDict, stage: str,
-                      config_dir: pathlib.Path) -> ml_collections.ConfigDict:
-  """The shipped config of `stage` at the same geometry, sharing workdir, seed and data sizes.
+                      config_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The config of `stage` (`dependency_spec`), sharing workdir, seed and data sizes.
 
   Its own `then` is dropped: only the stage a user asked for continues to follow-up stages.
   """
-  # The pipeline's geometry is the policy's; a stage of another model (the RM's) records it.
-  geometry = config.get('pipeline_geometry') or config.model.geometry
-  dep = config_lib.load_config(f'{config_dir / (stage + ".py")}:{geometry}')
+  dep = config_lib.load_config(dependency_spec(config, stage, config_dir))
   dep.workdir, dep.seed = config.workdir, config.seed
   if 'then' in dep:
     dep.then = ()
@@ -140,7 +135,6 @@ def inputs(config: ml_collections.ConfigDict) -> dict[str, pathlib.Path]:
     if value and value not in NEEDS and not value.startswith('hf:'):
       sources.append(str(pathlib.Path(value).resolve()))
   if config.stage == 'eval':
-    from rlhf_jax.stages import eval as eval_stage  # pylint: disable=g-import-not-at-top  # imports us
     sources += list(eval_stage.policy_stages(config).values())
   folders = {source: (stage_dir(config.workdir, source) if source in NEEDS
                       else pathlib.Path(source)) for source in dict.fromkeys(sources)}
@@ -180,6 +174,55 @@ def link_inputs(config: ml_collections.ConfigDict, source_workdir: str) -> list[
   return [here.name for here in links]
 
 
+# Config fields naming an input stage -> the config's model block that loads that stage's model.
+MODEL_INPUTS = {'init_from': 'model', 'baseline_from': 'model', 'reward_from': 'reward_model'}
+
+
+def check_inputs(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path) -> None:
+  """What a run of `config` checks before any input stage runs: the config (`config_lib.validate`)
+  and those of its follow-up stages (`then`), and its fit to its inputs, completed or still to
+  run with their shipped configs: a model the stage loads from an input stage has that stage's
+  geometry, and the reward model's k_max holds every ranking (the label stage's files, or the
+  sample stage's k_max when it is still to run).
+
+  Raises:
+    ConfigError: with a one-line message.
+  """
+  config_lib.validate(config)
+  if config.stage not in NEEDS:
+    raise config_lib.ConfigError(f'stage {config.stage!r} unknown; known: {", ".join(NEEDS)}')
+  for follow_up in config.get('then', ()):
+    config_lib.validate(dependency_config(config, follow_up, config_dir))
+  needed = needs(config)
+  for field, block in MODEL_INPUTS.items():
+    stage = config.get(field)
+    if stage not in needed:
+      continue
+    done = summary(config.workdir, stage)
+    if done is None:
+      model = dependency_config(config, stage, config_dir).model
+      where = dependency_spec(config, stage, config_dir)
+    elif 'model' in done:
+      model, where = done['model'], f'{stage_dir(config.workdir, stage)}/summary.json'
+    else:  # a summary without its geometry: loading the checkpoint checks it instead
+      continue
+    ours, theirs = config_lib.to_model_config(config[block]), config_lib.to_model_config(model)
+    for name in checkpoint.GEOMETRY_FIELDS:
+      if getattr(ours, name) != getattr(theirs, name):
+        raise config_lib.ConfigError(
+            f'{block}: {name}={getattr(ours, name)} but {field}={stage!r} has '
+            f'{name}={getattr(theirs, name)} ({where}); its checkpoint would not load')
+  if config.stage == 'rm':
+    if summary(config.workdir, 'label') is not None:
+      rm.check_k(config, label.paths(stage_dir(config.workdir, 'label')))
+    elif not config.data.get('rankings') and summary(config.workdir, 'sample') is None:
+      sample_k = dependency_config(config, 'sample', config_dir).k_max
+      if sample_k > config.k_max:
+        raise config_lib.ConfigError(
+            f'k_max={config.k_max} but the sample stage ranks up to k_max={sample_k} '
+            f'completions ({dependency_spec(config, "sample", config_dir)})')
+
+
 def run(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path = 'configs',
         force: bool = False) -> dict:
   """Runs `config.stage` after any missing or stale inputs, then the stages in `config.then`.
@@ -191,6 +234,9 @@ def run(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path = 'con
 
   Returns:
     The summary of `config.stage`.
+
+  Raises:
+    ConfigError: `check_inputs` refuses the config, before anything runs.
   """
   result = _run(config, pathlib.Path(config_dir), force, compare_config=True)
   for follow_up in config.get('then', ()):
@@ -206,8 +252,7 @@ def _run(config: ml_collections.ConfigDict, config_dir: pathlib.Path, force: boo
   """`config.stage` after its inputs: a missing one is run with its shipped config
   (`dependency_config`), a stale one again with its own."""
   stage = config.stage
-  if stage not in NEEDS:
-    raise config_lib.ConfigError(f'stage {stage!r} unknown; known: {", ".join(NEEDS)}')
+  check_inputs(config, config_dir)
   for need in needs(config):
     if summary(config.workdir, need) is None:
       print(f'[{stage}] input {need!r} missing in {config.workdir}: running it first', flush=True)
@@ -262,7 +307,6 @@ def _run_stage(config: ml_collections.ConfigDict, force: bool, compare_config: b
     if done is not None and not force and not made_again:
       print(f'[{stage}] already complete in {folder}', flush=True)
       if stage == 'eval':  # what a rerun of the main job is for: the table, again
-        from rlhf_jax.stages import eval as eval_stage  # pylint: disable=g-import-not-at-top  # imports us
         eval_stage.print_headline(folder)
       return done
     if made_again:
@@ -273,8 +317,6 @@ def _run_stage(config: ml_collections.ConfigDict, force: bool, compare_config: b
     start_over = done is not None or bool(changes) or bool(made_again) or (
         force and recorded is None)
     start = time.time()
-    module, function = RUNNERS[stage].split(':')
-    runner = getattr(importlib.import_module(f'rlhf_jax.stages.{module}'), function)
     # A linked folder (`link_inputs`) is another workdir's: never rewritten in place.
     with _forced(folder, start_over and (stage not in SHARED_FOLDERS or folder.is_symlink())):
 
@@ -282,7 +324,7 @@ def _run_stage(config: ml_collections.ConfigDict, force: bool, compare_config: b
         provenance.write(folder, provenance.record(config, reads))
       _on_all_processes(write_provenance)
       with pipeline.collecting_drops() as dropped:
-        result = runner(config, folder)
+        result = RUNNERS[stage](config, folder)
     return _finish(config, folder, result, start, dropped)
 
 

@@ -1,11 +1,11 @@
 """What every training stage needs: data paths, mesh, tokenizer, initial parameters, exit codes."""
+import collections
 import functools
 import itertools
 import pathlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -63,9 +63,10 @@ def stage_path(workdir: str, name: str) -> pathlib.Path:
 
 
 def param_shardings(model: ModelConfig, head: str, mesh):
-  """(abstract params, their NamedShardings), unboxed, from the model's logical axis names."""
-  boxed = state.abstract_params(model, head)
-  return nn.unbox(boxed), nn.unbox(sharding.logical_shardings(boxed, mesh))
+  """(abstract params carrying their shardings, the NamedShardings), unboxed, from the model's
+  logical axis names."""
+  return sharding.abstract_sharded(functools.partial(state.init_params, model, head), mesh,
+                                   jax.random.key(0))
 
 
 def load_init_params(init_from: str, workdir: str, model: ModelConfig, head: str, mesh,
@@ -100,8 +101,9 @@ def padded_batches(kind: str, path, tok, config, batch_size: int,
   """(batch, real rows) over every record of `path` in order, the last batch padded.
 
   Every process reads all of `path` and yields the same global batches: place them with
-  `jax.device_put(batch, shardings)`, not as process-local rows. Evaluation must see every record, so rows come one by one and the final batch is filled with
-  all-padding rows (valid / mask False) that the masked sums of the eval step ignore.
+  `jax.device_put(batch, shardings)`, not as process-local rows. Evaluation must see every
+  record, so rows come one by one and the final batch is filled with all-padding rows (valid /
+  mask False) that the masked sums of the eval step ignore.
   """
   rows = pipeline.make_dataset(kind, path, tok, batch_size=1, seq_len=config.data.seq_len,
                                prompt_len=config.data.prompt_len, shuffle=False, num_epochs=1,
@@ -118,6 +120,20 @@ def padded_batches(kind: str, path, tok, config, batch_size: int,
       if 'ranks' in batch:
         batch['ranks'][-pad:] = -1
     yield batch, len(chunk)
+
+
+def sum_metrics(step: Callable, params, batches: Iterable[dict], rows) -> collections.Counter:
+  """Each metric of `step(params, batch)` summed over `batches` on the host (0 for none).
+
+  The batches are global (as `padded_batches` yields them) and placed with `rows`. Eval steps
+  return sums with their denominators (an all-padding row adds nothing to either), so a ratio
+  of two totals is the exact mean over the records, however they fall into batches.
+  """
+  total = collections.Counter()
+  for batch in batches:
+    for name, value in jax.device_get(step(params, jax.device_put(batch, rows))).items():
+      total[name] += float(value)
+  return total
 
 
 def train_flops_per_token(model: ModelConfig, seq_len: int) -> float:

@@ -212,11 +212,8 @@ def public_eval_accuracy(params, model: ModelConfig, evals: dict[str, list[dict]
 
 def pretrain_loss(params, model: ModelConfig, batches: list[dict], rows) -> float:
   """Mean NLL per token (nats) on held-out pretraining text: the pretraining-distribution loss."""
-  total = count = 0.0
-  for batch in batches:
-    out = _nll_sums(params, jax.tree.map(lambda x: jax.device_put(x, rows), batch), model)
-    total, count = total + float(out['sft/loss_sum']), count + float(out['sft/tokens'])
-  return total / max(count, 1.0)
+  total = common.sum_metrics(functools.partial(_nll_sums, model=model), params, batches, rows)
+  return total['sft/loss_sum'] / max(total['sft/tokens'], 1.0)
 
 
 def _inputs(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import shutil
 import ml_collections
 
 from rlhf_jax.data import records
-from rlhf_jax.stages import common
+from rlhf_jax.stages import common, layout
 from rlhf_jax.stages import sample as sample_stage
 from rlhf_jax.world import build, labelers
 
@@ -70,10 +70,9 @@ def _tie_share(recs: list[dict]) -> float:
 
 def _simulated(config, workdir: str) -> tuple[dict[str, list[dict]], dict[str, int]]:
   """Simulated rankings per output file, and all-tie drops per file."""
-  from rlhf_jax import stages  # pylint: disable=g-import-not-at-top  # the registry imports us
   card = json.loads(common.data_paths(config)['card'].read_text())
   pools = labeler_pools(config.seed, card['labelers']['train'])
-  sample_files = sample_stage.paths(stages.stage_dir(workdir, 'sample'))
+  sample_files = sample_stage.paths(layout.stage_dir(workdir, 'sample'))
   jobs = {'train': ('train', 'train'), 'valid_train': ('valid', 'train'),
           'valid_heldout': ('valid', 'heldout'), 'test_train': ('test', 'train'),
           'test_heldout': ('test', 'heldout')}

@@ -11,7 +11,7 @@ import ml_collections
 
 from rlhf_jax import checkpoint, config_lib, loop, rm, sampling, sft, sharding, state
 from rlhf_jax.data import pipeline, records
-from rlhf_jax.stages import common, program, selection
+from rlhf_jax.stages import common, layout, program, selection
 
 EVAL_BATCHES = 8  # validation batches per evaluation: a fixed, small, exact subset
 EVAL_PROMPTS = 64  # validation prompts sampled for the RM-score selection
@@ -41,21 +41,17 @@ def _valid_loss_fn(config, tok, kind: str, path, model, mesh, prefix: str):
   step = jax.jit(functools.partial(sft.sft_eval_step, model=model))
 
   def evaluate(params):
-    total = tokens = 0.0
-    for batch in batches:
-      out = step(params, jax.device_put(batch, rows))
-      total, tokens = total + float(out['sft/loss_sum']), tokens + float(out['sft/tokens'])
-    return {f'{prefix}/valid_loss': total / max(tokens, 1.0)}
+    total = common.sum_metrics(step, params, batches, rows)
+    return {f'{prefix}/valid_loss': total['sft/loss_sum'] / max(total['sft/tokens'], 1.0)}
   return evaluate
 
 
 def _rm_score_fn(config, tok, model_cfg, mesh, paths):
   """Mean bias-corrected RM score of responses sampled (T = 1, fixed key, so checkpoints are
   compared on paired samples) for the validation prompts; None when no reward model exists."""
-  from rlhf_jax import stages  # the registry imports this module
-  if stages.summary(config.workdir, 'rm') is None:
+  if layout.summary(config.workdir, 'rm') is None:
     return None
-  rm_summary = stages.summary(config.workdir, 'rm')
+  rm_summary = layout.summary(config.workdir, 'rm')
   rm_cfg = config_lib.to_model_config(ml_collections.ConfigDict(rm_summary['model']))
   rm_params = common.load_init_params('rm', config.workdir, rm_cfg, 'scalar', mesh)
   bias = rm_summary['reward_bias']

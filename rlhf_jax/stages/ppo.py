@@ -12,21 +12,68 @@ the KL coefficient) and both data-iterator positions, and step n's rng is fold_i
 a killed run resumes exactly. Evaluation reads the policy EMA by its field name (stable):
 `checkpoint.load_params(<stage_dir>, abstract, shardings, field='ema_params')`.
 """
+import dataclasses
 import functools
 import itertools
 import json
 import pathlib
+from typing import Optional
 
 import jax
 import ml_collections
 from jax.sharding import NamedSharding
 
-from rlhf_jax import checkpoint, config_lib, experience, loop, ppo, sharding
+from rlhf_jax import checkpoint, config_lib, experience, loop, optim, ppo, sharding
 from rlhf_jax.data import pipeline
 from rlhf_jax.stages import common, selection, validation
 from rlhf_jax.stages import eval as eval_stage
 
 PTX_FIELDS = ('tokens', 'mask', 'loss_mask')  # what ptx_loss reads of a TokenBatch
+# The PPOSettings fields built here (geometries, optimizers, tokenizer ids); every other field is
+# the config field of the same name.
+BUILT_FIELDS = ('policy_model', 'reward_model', 'policy_tx', 'value_tx', 'policy_lr', 'value_lr',
+                'response_len', 'eos_id', 'pad_id', 'score_fn')
+
+
+def settings_from_config(config: ml_collections.ConfigDict, *, eos_id: Optional[int], pad_id: int,
+                         score_fn: Optional[experience.ScoreFn] = None) -> ppo.PPOSettings:
+  """PPOSettings of a `configs/ppo.py`-style config, with both optimizers built.
+
+  The configs give the warmup in PPO iterations (paper: "warmup over the first 10 iterations"),
+  but the optimizers step once per minibatch, so the warmup is stretched to
+  `warmup_steps * updates_per_iteration` optimizer steps.
+
+  Args:
+    config: the stage config (fields as in configs/ppo.py).
+    eos_id, pad_id: the tokenizer's ids (eos_id None: fixed-length responses, no EOS penalty).
+    score_fn: optional replacement of the reward model.
+
+  Raises:
+    ConfigError: when the config lacks a field PPOSettings takes, or does not validate
+      (`config_lib.validate`: e.g. the batch does not split into whole minibatches or chunks).
+  """
+  named = [f.name for f in dataclasses.fields(ppo.PPOSettings) if f.name not in BUILT_FIELDS]
+  missing = [name for name in named if name not in config]
+  if missing:
+    raise config_lib.ConfigError(f'{config.stage}: the config has no {", ".join(missing)}; '
+                                 'PPO reads every field that configs/ppo.py sets')
+  config_lib.validate(config)
+  updates = config.ppo_epochs * (config.batch_size // config.minibatch_size)
+  total = max(config.episodes // config.batch_size, 1) * updates
+
+  def optimizer(opt):
+    opt = ml_collections.ConfigDict(opt.to_dict())
+    opt.warmup_steps = int(opt.warmup_steps) * updates
+    return optim.make_optimizer(opt, total), optim.schedule(opt, total)
+
+  policy_tx, policy_lr = optimizer(config.optimizer)
+  value_tx, value_lr = optimizer(config.value_optimizer)
+  return ppo.PPOSettings(
+      policy_model=config_lib.to_model_config(config.model),
+      reward_model=config_lib.to_model_config(config.reward_model),
+      policy_tx=policy_tx, value_tx=value_tx, policy_lr=policy_lr, value_lr=value_lr,
+      response_len=config.data.response_len, eos_id=eos_id, pad_id=pad_id, score_fn=score_fn,
+      **{name: config[name] for name in named})
 
 
 def _load_inputs(config: ml_collections.ConfigDict, settings: ppo.PPOSettings, mesh):
@@ -202,7 +249,7 @@ def run_ppo(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
   """Trains the policy of `config` with PPO (ptx_coef 0) or PPO-ptx; returns the stage summary."""
   mesh = common.mesh(config)
   tok = common.tokenizer(config, config_lib.to_model_config(config.model))
-  settings = ppo.settings_from_config(config, eos_id=tok.eos_id, pad_id=tok.pad_id)
+  settings = settings_from_config(config, eos_id=tok.eos_id, pad_id=tok.pad_id)
   abstract_state, state_shardings = ppo.abstract_ppo_state(settings, mesh)
   policy_params, reward_params, bias = _load_inputs(config, settings, mesh)
   # The reference is the loaded sft_init buffer itself; the state gets fresh copies (jit never

@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 
 from rlhf_jax import checkpoint, config_lib, loop, rm, sharding, state
 from rlhf_jax.data import pipeline, records
-from rlhf_jax.stages import common, program
+from rlhf_jax.stages import common, layout, program
 from rlhf_jax.stages import label as label_stage
 
 VALID_SETS = ('valid_train', 'valid_heldout')
@@ -39,11 +39,9 @@ def _valid_fn(config, tok, model, mesh, label_files, names=VALID_SETS):
   def evaluate(params):
     out = {}
     for name, path in sets.items():
-      total = {'rm/loss_sum': 0.0, 'rm/prompts': 0.0, 'rm/correct': 0.0, 'rm/pairs': 0.0}
-      for batch, _ in common.padded_batches('rankings', path, tok, config, config.batch_size,
-                                      config.k_max):
-        sums = jax.device_get(step(params, jax.device_put(batch, rows)))
-        total = {key: value + float(sums[key]) for key, value in total.items()}
+      batches = (batch for batch, _ in common.padded_batches(
+          'rankings', path, tok, config, config.batch_size, config.k_max))
+      total = common.sum_metrics(step, params, batches, rows)
       out[f'rm/{name}_loss'] = total['rm/loss_sum'] / max(total['rm/prompts'], 1.0)
       out[f'rm/{name}_accuracy'] = total['rm/correct'] / max(total['rm/pairs'], 1.0)
     return out
@@ -63,8 +61,8 @@ def demonstration_scores(params, config, tok, model, mesh, path, bias: float = 0
   return np.concatenate(out)
 
 
-def _check_k(config, label_files) -> None:
-  """Before any compilation: every ranking must fit k_max completions."""
+def check_k(config, label_files) -> None:
+  """Before any compilation: every ranking must fit k_max completions; raises ConfigError."""
   for path in label_files.values():
     if path.exists():
       k = max(len(r['completions']) for r in records.read_records(path, 'rankings'))
@@ -100,9 +98,8 @@ def _bias_summary(params, config, tok, model, mesh, demos_path) -> dict:
 
 def run_rm(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
   """Trains the reward model on the label stage's rankings; returns the stage summary."""
-  from rlhf_jax import stages  # pylint: disable=g-import-not-at-top  # the registry imports us
-  label_files = label_stage.paths(stages.stage_dir(config.workdir, 'label'))
-  _check_k(config, label_files)
+  label_files = label_stage.paths(layout.stage_dir(config.workdir, 'label'))
+  check_k(config, label_files)
   mesh = common.mesh(config)
   model_cfg = config_lib.to_model_config(config.model)
   tok = common.tokenizer(config, model_cfg)

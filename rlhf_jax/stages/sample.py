@@ -120,16 +120,9 @@ def _plan_split(config, prompts: list[dict], tok, split: int, n_policies: int, l
   return kept, plan, too_long
 
 
-def _validate(config) -> None:
-  if not 2 <= config.k_min <= config.k_max:
-    raise config_lib.ConfigError(f'k_min={config.k_min}, k_max={config.k_max}: need '
-                                 '2 <= k_min <= k_max')
-
-
 def run(config: ml_collections.ConfigDict, samples_dir: pathlib.Path) -> dict:
   """Samples the RM prompt splits (and the test prompts) from every policy; returns the stage
   summary."""
-  _validate(config)
   names = policy_names(config)
   data, mesh = common.data_paths(config), common.mesh(config)
   tok = common.tokenizer(config, config_lib.to_model_config(config.model))

@@ -6,7 +6,7 @@ import shutil
 import ml_collections
 
 from rlhf_jax.data import records, tokenizers
-from rlhf_jax.stages import WorkdirError
+from rlhf_jax.stages.layout import WorkdirError
 from rlhf_jax.world import build
 
 # Written into <workdir>/data before anything else: files there with the world's names are then

@@ -1,0 +1,9 @@
+"""The recipe on Anthropic HH-RLHF: `hh.py:stage=STAGE,geometry=NAME`
+(configs/recipes/recipe.py)."""
+from rlhf_jax import config_lib
+
+recipe = config_lib.sibling_config(__file__, 'recipe')
+
+
+def get_config(arg=None):
+  return recipe.recipe('hh', __file__, arg)
