@@ -68,7 +68,9 @@ def test_reuse_is_refused_for_another_config_and_redone_for_new_inputs(tiny_worl
   stages.run(stage_config('world', workdir), force=True)  # the input is made again
   capsys.readouterr()
   again = stages.run(_pretrain(workdir))
-  assert "[pretrain] world changed since" in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert "[pretrain] world changed since" in printed
+  assert f'[pretrain] running in {workdir / "pretrain"} on 8 x cpu' in printed  # the banner
   assert again['finished'] != first['finished'] and again['steps'] == 2
   assert stages.run(_pretrain(workdir)) == again
 

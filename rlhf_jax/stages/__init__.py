@@ -317,6 +317,7 @@ def _run_stage(config: ml_collections.ConfigDict, force: bool, compare_config: b
     start_over = done is not None or bool(changes) or bool(made_again) or (
         force and recorded is None)
     start = time.time()
+    print(f'[{stage}] running in {folder} on {device_banner()}', flush=True)
     # A linked folder (`link_inputs`) is another workdir's: never rewritten in place.
     with _forced(folder, start_over and (stage not in SHARED_FOLDERS or folder.is_symlink())):
 
@@ -326,6 +327,13 @@ def _run_stage(config: ml_collections.ConfigDict, force: bool, compare_config: b
       with pipeline.collecting_drops() as dropped:
         result = RUNNERS[stage](config, folder)
     return _finish(config, folder, result, start, dropped)
+
+
+def device_banner() -> str:
+  """The devices a stage runs on, e.g. '8 x cpu (2 processes)' or '1 x NVIDIA H100 80GB HBM3'."""
+  kind = jax.devices()[0].device_kind
+  processes = f' ({jax.process_count()} processes)' if jax.process_count() > 1 else ''
+  return f'{jax.device_count()} x {kind}{processes}'
 
 
 def _finish(config: ml_collections.ConfigDict, folder: pathlib.Path, result: dict, start: float,
