@@ -283,7 +283,7 @@ def _run_stage(config: ml_collections.ConfigDict, force: bool, compare_config: b
   A complete stage is reused when its recorded inputs are the workdir's current ones, and (with
   `compare_config`) its recorded config is `config`; an interrupted one is resumed on the same
   terms, even when forced. The stage's folder is locked for the run (`_stage_lock`); a run that
-  starts over sets the old output aside until it starts (`_forced`). The summary lists the
+  starts over sets the old output aside until it starts (`_starting`). The summary lists the
   records the stage's datasets dropped ('data_dropped', only when some were).
 
   Raises:
@@ -318,12 +318,12 @@ def _run_stage(config: ml_collections.ConfigDict, force: bool, compare_config: b
         force and recorded is None)
     start = time.time()
     print(f'[{stage}] running in {folder} on {device_banner()}', flush=True)
-    # A linked folder (`link_inputs`) is another workdir's: never rewritten in place.
-    with _forced(folder, start_over and (stage not in SHARED_FOLDERS or folder.is_symlink())):
 
-      def write_provenance():
-        provenance.write(folder, provenance.record(config, reads))
-      _on_all_processes(write_provenance)
+    def write_provenance():
+      provenance.write(folder, provenance.record(config, reads))
+    # A linked folder (`link_inputs`) is another workdir's: never rewritten in place.
+    with _starting(folder, start_over and (stage not in SHARED_FOLDERS or folder.is_symlink()),
+                   lambda: _on_all_processes(write_provenance)):
       with pipeline.collecting_drops() as dropped:
         result = RUNNERS[stage](config, folder)
     return _finish(config, folder, result, start, dropped)
@@ -431,16 +431,16 @@ def _restore_set_aside(folder: pathlib.Path) -> None:
 
 
 @contextlib.contextmanager
-def _forced(folder: pathlib.Path, force: bool):
-  """A forced run starts over, but the old output is only removed once the new run starts.
+def _starting(folder: pathlib.Path, start_over: bool, on_start: Callable[[], None]):
+  """Calls `on_start` once the run has started: when a training loop in `folder` has built its
+  state (`loop.when_started`), or when the runner returns. Until then a failed run leaves nothing
+  of its own, so `on_start` records the run (its provenance) only once it is one.
 
-  The old folder is moved aside (`.<name>.replaced`); when a training loop in `folder` has built
-  its state (`loop.when_started`), or the runner returns, it is deleted. If the runner fails
-  before that, its partial folder is dropped and the old output put back.
+  A run that starts over moves the old folder aside (`.<name>.replaced`) and deletes it when the
+  run starts; if the runner fails before that, its partial folder is dropped and the old output
+  put back.
   """
-  if not force or not _as_process_0_sees(folder.exists()):
-    yield
-    return
+  start_over = start_over and _as_process_0_sees(folder.exists())
   aside = _set_aside_path(folder)
   started = False
 
@@ -457,13 +457,16 @@ def _forced(folder: pathlib.Path, force: bool):
     nonlocal started
     if not started:
       started = True
-      _on_all_processes(remove_old)
-  _on_all_processes(set_aside)
+      if start_over:
+        _on_all_processes(remove_old)
+      on_start()
+  if start_over:
+    _on_all_processes(set_aside)
   try:
     with loop.when_started(str(folder), start):
       yield
   except BaseException:
-    if not started:
+    if start_over and not started:
       _restore_set_aside(folder)
     raise
   start()

@@ -1,6 +1,8 @@
 """What a stage folder was made from, so that a result is never reused for another run.
 
-A stage writes `provenance.json` into its folder when it starts, before anything else:
+A stage writes `provenance.json` into its folder once its run has started (its training loop
+has built its state, or its runner has returned), so a run that fails on its inputs leaves
+nothing behind:
 
     {"config": {<the resolved config, nested as the ConfigDict, less its workdir>},
      "inputs": {<stage name or absolute folder it reads>: <digest of that folder's summary.json>}}
