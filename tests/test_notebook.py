@@ -1,8 +1,9 @@
 """notebooks/instructgpt_mini.ipynb runs top to bottom (nbclient), so it cannot rot.
 
-The parameters cell is replaced: the run reuses the shared tiny workdir (world, pretrain, sft,
-samples and labels complete, so those cells find their stages done) and trains the rest for two
-steps each; every other cell runs as a Colab user runs it.
+The parameters cell is replaced: the run reuses the shared tiny workdir's world and its two base
+models (their cells ask for the fixture's 3 steps, so they find those stages complete: a stage is
+reused only for the config it was made with) and trains the rest for two steps each; every other
+cell runs as a Colab user runs it.
 """
 import pathlib
 
@@ -14,11 +15,11 @@ NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / 'notebooks' / 'instruct
 
 
 def test_notebook_runs(tiny_workdir, tmp_path):
-  workdir = copy_workdir(tiny_workdir, tmp_path / 'run')
+  workdir = copy_workdir(tiny_workdir, tmp_path / 'run', ['data', 'pretrain', 'pretrain_rm'])
   nb = nbformat.read(NOTEBOOK, as_version=4)
   [params] = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]
   params.source = (f'WORKDIR = {str(workdir)!r}\nWORLD_SCALE = {WORLD_SCALE}\n'
-                   "STEPS = {'pretrain': 2, 'sft': 2, 'pretrain_rm': 2, 'sft_rm': 2, 'rm': 2, "
+                   "STEPS = {'pretrain': 3, 'sft': 2, 'pretrain_rm': 3, 'sft_rm': 2, 'rm': 2, "
                    "'sft_init': 2, 'ppo_ptx': 2}\n"
                    "EVAL = {'max_test_prompts': 8, 'public_eval_items': 4, "
                    "'pretrain_eval_batches': 1}")
