@@ -16,6 +16,7 @@ import json
 import pathlib
 
 from rlhf_jax import checkpoint
+from rlhf_jax.data.records import read_records, write_records
 from rlhf_jax.world import build, labelers
 
 
@@ -39,11 +40,11 @@ def main():
   card = json.loads((workdir / 'data' / 'card.json').read_text())
   pool = build.labeler_pool(card['seed'], 'train', card['labelers']['train'])
   path = workdir / 'labels' / 'rankings_train.jsonl'
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records = read_records(path, 'rankings')
   ranked = gold_ranked(records, pool)
   checkpoint.write_json(str(workdir / 'labels' / 'gold_labels.json'),
                         {'rankings': len(records), 'kept': len(ranked)})
-  path.write_text(''.join(json.dumps(r) + '\n' for r in ranked))
+  write_records(path, 'rankings', ranked)
   print(f'{path}: {len(ranked)} of {len(records)} rankings kept, ranked by the gold score '
         '(the others tie throughout)')
 
