@@ -324,6 +324,17 @@ def validate_batches(config: ml_collections.ConfigDict, batch_multiple: int,
       raise ConfigError(f'{field}={size} is not divisible by the {processes} processes')
 
 
+def flat_fields(tree, prefix: str = '') -> dict:
+  """A nested config dict's leaves by dotted name ('model.geometry'), in the tree's order."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flat_fields(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
 def missing_config(path: str) -> ConfigError:
   return ConfigError(f'{path}: no such config file (relative paths start in the current folder; '
                      f'the shipped configs are in {CONFIG_DIR})')

@@ -116,7 +116,8 @@ def help_text(spec: str) -> str:
   if entry.__name__ != __name__ and 'rlhf_jax.main' in sys.modules:  # aot: the config flags
     flag_help.append(FLAGS.module_help(sys.modules['rlhf_jax.main']))
   config = config_lib.load_config(spec)
-  fields = [f'  --config.{name}={value!r}' for name, value in _flat(config.to_dict())]
+  fields = [f'  --config.{name}={value!r}'
+            for name, value in config_lib.flat_fields(config.to_dict()).items()]
   return '\n'.join([(entry.__doc__ or '').strip(), '', *flag_help, '',
                     f'Fields of {spec} (override any with --config.FIELD=VALUE):', *fields, '',
                     'Geometries (after the config\'s colon): '
@@ -132,14 +133,6 @@ def _config_spec(argv) -> str:
     if arg == '--config' and i + 1 < len(argv):
       return argv[i + 1]
   return DEFAULT_CONFIG
-
-
-def _flat(tree, prefix: str = ''):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _flat(value, f'{prefix}{key}.')
-    else:
-      yield f'{prefix}{key}', value
 
 
 def parse_flags(argv):

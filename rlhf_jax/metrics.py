@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
-from rlhf_jax import atomic
+from rlhf_jax import atomic, config_lib
 
 TIMING_PREFIXES = ('perf/', 'time/')
 METRICS_FILE = 'metrics.jsonl'
@@ -164,20 +164,12 @@ def write_hparams(stage_dir: str, config: Mapping[str, Any], summary: Mapping[st
   if not _is_writer():
     return
   hparams = {name: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
-             for name, value in _flat(config)}
+             for name, value in config_lib.flat_fields(config).items()}
   final = {name: float(value) for name, value in summary.items()
            if name != 'seconds' and isinstance(value, (int, float)) and not isinstance(value, bool)}
   import tensorboardX  # pylint: disable=g-import-not-at-top  # only process 0 needs it
   with tensorboardX.SummaryWriter(os.path.join(stage_dir, TENSORBOARD_DIR)) as writer:
     writer.add_hparams(hparams, final, name='hparams')
-
-
-def _flat(tree: Mapping[str, Any], prefix: str = ''):
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      yield from _flat(value, f'{prefix}{key}.')
-    else:
-      yield f'{prefix}{key}', value
 
 
 def _duration(seconds: float) -> str:

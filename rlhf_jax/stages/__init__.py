@@ -349,7 +349,7 @@ def _finish(config: ml_collections.ConfigDict, folder: pathlib.Path, result: dic
   if 'model' in config:  # later stages rebuild this stage's geometry from its summary
     result['model'] = config.model.to_dict()
   if 'checkpoint_step' in result:  # a training stage: its run in TensorBoard's HParams
-    metrics.write_hparams(str(folder), provenance.record(config, {})['config'], result)
+    metrics.write_hparams(str(folder), provenance.resolved(config), result)
   checkpoint.write_summary(str(folder), result)
   return result
 

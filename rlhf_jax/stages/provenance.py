@@ -18,7 +18,7 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-from rlhf_jax import checkpoint
+from rlhf_jax import checkpoint, config_lib
 
 FILE = 'provenance.json'
 # Fields that change where a run writes and how often it reports, not what it computes.
@@ -32,11 +32,15 @@ def digest(folder: str | pathlib.Path) -> str | None:
 
 
 def record(config: Any, inputs: Mapping[str, pathlib.Path]) -> dict:
-  """The provenance of a run of `config` reading `inputs` (source -> folder) as they are now.
-  The workdir is left out: a copied or moved workdir holds the same runs."""
-  config = {k: v for k, v in config.to_dict().items() if k != 'workdir'}
-  return {'config': _plain(config),
+  """The provenance of a run of `config` reading `inputs` (source -> folder) as they are now."""
+  return {'config': resolved(config),
           'inputs': {source: digest(folder) for source, folder in inputs.items()}}
+
+
+def resolved(config: Any) -> dict:
+  """The config as provenance records it: plain JSON values, less the workdir (a copied or
+  moved workdir holds the same runs)."""
+  return _plain({k: v for k, v in config.to_dict().items() if k != 'workdir'})
 
 
 def write(folder: pathlib.Path, provenance: dict) -> None:
@@ -52,7 +56,8 @@ def read(folder: pathlib.Path) -> dict | None:
 
 def config_changes(recorded: Mapping[str, Any], config: Any) -> list[str]:
   """'field: recorded -> asked' for every compared field whose value differs, dotted names."""
-  old, new = _flat(recorded['config']), _flat(_plain(config.to_dict()))
+  old = config_lib.flat_fields(recorded['config'])
+  new = config_lib.flat_fields(_plain(config.to_dict()))
   return [f'{name}: {_show(old.get(name))} -> {_show(new.get(name))}'
           for name in sorted(old.keys() | new.keys())
           if name.split('.')[0] not in NOT_COMPARED and old.get(name) != new.get(name)]
@@ -68,16 +73,6 @@ def changed_inputs(recorded: Mapping[str, Any], inputs: Mapping[str, pathlib.Pat
 def _plain(value: Any) -> Any:
   """JSON's view of a config value (tuples become lists), so recorded and current compare."""
   return json.loads(json.dumps(value, default=str))
-
-
-def _flat(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
 
 
 def _show(value: Any) -> str:
