@@ -68,16 +68,16 @@ def main(argv):
   del argv
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # orbax and grain log every save and restore
-  config = FLAGS.config
+  config = config_lib.with_stage_configs(
+      FLAGS.config, config_flags.get_config_filename(FLAGS['config']))
   if FLAGS.workdir:
     config.workdir = FLAGS.workdir
   # Every stage's modules (orbax, grain, ...) take seconds to import: flag and config-file
   # errors, reported before main, do not wait for them.
   from rlhf_jax import stages
-  config_dir = pathlib.Path(config_flags.get_config_filename(FLAGS['config'])).parent
   try:
     if FLAGS.dry_run:
-      stages.check_inputs(config, config_dir)
+      stages.check_inputs(config)
       check_batches(config)
       overrides = [arg for arg in sys.argv[1:] if arg.startswith('--config.')]
       print(describe(config) + f'\n  overrides {" ".join(overrides) or "none"}')
@@ -88,7 +88,7 @@ def main(argv):
       linked = stages.link_inputs(config, FLAGS.reuse_from)
       print(f'[{config.stage}] reusing {", ".join(linked) or "nothing"} from {FLAGS.reuse_from}',
             flush=True)
-    stages.run(config, config_dir, force=FLAGS.force)
+    stages.run(config, force=FLAGS.force)
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -173,9 +173,9 @@ def test_a_model_that_its_init_stage_does_not_have(tmp_path):
   config = config_lib.load_config(str(REPO / 'configs' / 'ppo.py'))
   config.workdir, config.model.n_layers = str(tmp_path), 2
   message = ("model: n_layers=2 but init_from='sft_init' has n_layers=4 "
-             '(configs/sft_init.py:tiny); its checkpoint would not load')
+             f'({REPO}/configs/sft_init.py:tiny); its checkpoint would not load')
   with pytest.raises(config_lib.ConfigError, match=f'^{re.escape(message)}$'):
-    stages.check_inputs(config, 'configs')
+    stages.check_inputs(config)
   made = config_lib.model_config_dict('tiny')
   made.n_layers = 6
   (tmp_path / 'sft_init').mkdir()
@@ -184,16 +184,37 @@ def test_a_model_that_its_init_stage_does_not_have(tmp_path):
   message = (f"model: n_layers=4 but init_from='sft_init' has n_layers=6 "
              f'({tmp_path}/sft_init/summary.json); its checkpoint would not load')
   with pytest.raises(config_lib.ConfigError, match=f'^{re.escape(message)}$'):
-    stages.check_inputs(config, 'configs')
+    stages.check_inputs(config)
+
+
+@pytest.mark.parametrize('stage', ['sample', 'eval'])
+def test_a_policy_of_another_geometry_than_the_sampler(stage, tmp_path):
+  """The sample and eval stages load their policies at their own geometry: a completed policy
+  stage of another is refused before anything runs (eval: only the stages it would read)."""
+  config = config_lib.load_config(str(REPO / 'configs' / f'{stage}.py'))
+  config.workdir = str(tmp_path)
+  stages.check_inputs(config)
+  made = config_lib.model_config_dict('tiny')
+  made.n_layers = 6
+  policy = 'pretrain' if stage == 'sample' else 'ppo'
+  (tmp_path / policy).mkdir()
+  checkpoint.write_summary(str(tmp_path / policy), {'model': made.to_dict()})
+  message = (f"model: n_layers=4 but policies={policy!r} has n_layers=6 "
+             f'({tmp_path}/{policy}/summary.json); its checkpoint would not load')
+  with pytest.raises(config_lib.ConfigError, match=f'^{re.escape(message)}$'):
+    stages.check_inputs(config)
+  if stage == 'eval':
+    config.policies = 'sft'
+    stages.check_inputs(config)
 
 
 def test_a_reward_model_k_max_below_the_rankings_to_come(tmp_path):
   config = config_lib.load_config(str(REPO / 'configs' / 'rm.py'))
   config.workdir, config.k_max = str(tmp_path), 5
   message = ('k_max=5 but the sample stage ranks up to k_max=9 completions '
-             '(configs/sample.py:tiny)')
+             f'({REPO}/configs/sample.py:tiny)')
   with pytest.raises(config_lib.ConfigError, match=f'^{re.escape(message)}$'):
-    stages.check_inputs(config, 'configs')
+    stages.check_inputs(config)
 
 
 @pytest.mark.parametrize('field, value, message', [

@@ -19,7 +19,32 @@ def test_every_shipped_config_loads_and_validates(path, geometry, tmp_path):
   config_lib.validate(config)
   assert config.stage
   config.workdir = str(tmp_path)  # every input still to run with its shipped config
-  stages.check_inputs(config, 'configs')
+  stages.check_inputs(config)
+
+
+RM_WITH_K5 = """
+from rlhf_jax import config_lib
+shipped = config_lib.sibling_config(str(config_lib.CONFIG_DIR / 'rm.py'), 'rm')
+
+def get_config(arg=None):
+  c = shipped.get_config(arg)
+  c.k_max = 5
+  return c
+"""
+
+
+def test_input_stages_use_the_configs_the_config_names(tmp_path):
+  """A copied folder of configs runs its own files for the missing inputs; `stage_configs`
+  redirects them; a config built in code without it falls back to the shipped files."""
+  (tmp_path / 'ppo.py').write_text((config_lib.CONFIG_DIR / 'ppo.py').read_text())
+  (tmp_path / 'rm.py').write_text(RM_WITH_K5)
+  config = config_lib.load_config(f'{tmp_path}/ppo.py')
+  assert config.stage_configs == f'{tmp_path.resolve()}/{{stage}}.py:{{geometry}}'
+  assert stages.dependency_config(config, 'rm').k_max == 5
+  config.stage_configs = f'{config_lib.CONFIG_DIR}/{{stage}}.py:{{geometry}}'
+  assert stages.dependency_config(config, 'rm').k_max == 9
+  config.stage_configs = ''
+  assert stages.dependency_spec(config, 'rm') == f'{config_lib.CONFIG_DIR}/rm.py:tiny'
 
 
 @pytest.mark.parametrize('name', sorted(config_lib.GPT3_PAPER_PARAMS))

@@ -105,7 +105,7 @@ def test_a_sweep_links_the_finished_inputs_and_trains_only_its_stage(inputs, con
   config.workdir, config.kl_coef = str(sweep), 0.05
   linked = stages.link_inputs(config, str(inputs))
   assert linked == ['data', 'pretrain', 'sft', 'sft_init', 'pretrain_rm', 'rm']
-  assert stages.run(config, configs)['iterations'] == stage_fixtures.PPO_TOTAL
+  assert stages.run(config)['iterations'] == stage_fixtures.PPO_TOTAL
   assert (sweep / 'ppo').is_dir() and not (sweep / 'ppo').is_symlink()
   assert all((sweep / name).is_symlink() for name in linked)
   # The world forced in the sweep is written anew there; the linked source stays as it was.

@@ -18,7 +18,7 @@ def test_recipe_stage_validates_and_uses_user_inputs(path, stage, geometry, tmp_
   assert config.stage == stage and config.model.geometry == geometry
   config_lib.validate(config)
   config.workdir = str(tmp_path)
-  stages.check_inputs(config, 'configs')  # the recipe's own file, not configs/, gives its inputs
+  stages.check_inputs(config)  # the recipe's own file, not configs/, gives its inputs
   needs = stages.needs(config)
   assert 'world' not in needs and 'pretrain' not in needs and 'sample' not in needs
   if config.stage in ('sft', 'sft_init'):
@@ -39,7 +39,7 @@ def test_recipe_keeps_the_paper_numbers():
 
 def test_inputs_come_from_the_recipe_file():
   config = config_lib.load_config('configs/recipes/tldr.py:stage=ppo_ptx,geometry=gpt2')
-  rm = stages.dependency_config(config, 'rm', 'configs')
+  rm = stages.dependency_config(config, 'rm')
   assert (rm.stage, rm.model.geometry) == ('rm', 'gpt2')
   assert rm.data.rankings == 'data/tldr/rankings.jsonl'
 

@@ -37,7 +37,7 @@ def reference(inputs, configs, tmp_path_factory) -> pathlib.Path:
   workdir = copy_workdir(inputs, tmp_path_factory.mktemp('ppo_reference'))
   config = config_lib.load_config(f'{configs}/ppo_ptx.py')
   config.workdir, config.then = str(workdir), ('ppo',)
-  stages.run(config, configs)
+  stages.run(config)
   return workdir
 
 
@@ -104,7 +104,7 @@ def test_validation_selects_an_iteration_and_eval_loads_it(inputs, tmp_path):
   (folder / 'ppo_ptx.py').write_text(small_ppo_config('ppo_ptx', valid_prompts=16))
   config = config_lib.load_config(f'{folder}/ppo_ptx.py')
   config.workdir = str(copy_workdir(inputs, tmp_path / 'wd'))
-  summary = stages.run(config, folder)
+  summary = stages.run(config)
 
   curve = summary['selection_curve']
   assert [p['iteration'] for p in curve] == [0, 2, 4]

@@ -72,25 +72,22 @@ SHARED_DATA = ('world_scale', 'tokenizer', 'pretrain', 'pretrain_valid', 'demons
                'demonstrations_valid', 'rankings', 'rankings_valid', 'prompts', 'prompts_valid')
 
 
-def dependency_spec(config: ml_collections.ConfigDict, stage: str,
-                    config_dir: str | pathlib.Path) -> str:
-  """The config of `stage` in the pipeline of `config`, as `--config` names it: `<stage>.py`
-  in `config_dir` (the folder of the config that was run), or the config's own `stage_configs`
-  (a recipe's file with '{stage}' and '{geometry}' to fill), at the pipeline's geometry."""
+def dependency_spec(config: ml_collections.ConfigDict, stage: str) -> str:
+  """The config of `stage` in the pipeline of `config`, as `--config` names it: the config's
+  `stage_configs` (the shipped configs when a config built in code leaves it empty) at the
+  pipeline's geometry."""
   # The pipeline's geometry is the policy's; a stage of another model (the RM's) records it.
   geometry = config.get('pipeline_geometry') or config.model.geometry
-  if config.get('stage_configs'):
-    return config.stage_configs.format(stage=stage, geometry=geometry)
-  return f'{pathlib.Path(config_dir) / (stage + ".py")}:{geometry}'
+  specs = config.get('stage_configs') or f'{config_lib.CONFIG_DIR}/{{stage}}.py:{{geometry}}'
+  return specs.format(stage=stage, geometry=geometry)
 
 
-def dependency_config(config: ml_collections.ConfigDict, stage: str,
-                      config_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
+def dependency_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
   """The config of `stage` (`dependency_spec`), sharing workdir, seed and data sizes.
 
   Its own `then` is dropped: only the stage a user asked for continues to follow-up stages.
   """
-  dep = config_lib.load_config(dependency_spec(config, stage, config_dir))
+  dep = config_lib.load_config(dependency_spec(config, stage))
   dep.workdir, dep.seed = config.workdir, config.seed
   if 'then' in dep:
     dep.then = ()
@@ -178,11 +175,28 @@ def link_inputs(config: ml_collections.ConfigDict, source_workdir: str) -> list[
 MODEL_INPUTS = {'init_from': 'model', 'baseline_from': 'model', 'reward_from': 'reward_model'}
 
 
-def check_inputs(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path) -> None:
+def _loaded_stages(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
+  """(the field naming it, input stage, the config's model block) for each model `config.stage`
+  loads from a stage of its workdir: the init, baseline and reward models it needs, the
+  sample stage's policies, and the eval stage's policies whose stages are complete."""
+  needed = needs(config)
+  loaded = [(field, config.get(field), block) for field, block in MODEL_INPUTS.items()
+            if config.get(field) in needed]
+  if config.stage == 'sample':
+    loaded += [('policies', name.strip(), 'model') for name in config.policies.split(',')
+               if name.strip() in NEEDS]
+  if config.stage == 'eval':
+    named = [eval_stage.POLICY_STAGES.get(name.strip()) for name in config.policies.split(',')]
+    loaded += [('policies', stage, 'model') for stage in named
+               if stage in needed or (stage and summary(config.workdir, stage) is not None)]
+  return list(dict.fromkeys(loaded))
+
+
+def check_inputs(config: ml_collections.ConfigDict) -> None:
   """What a run of `config` checks before any input stage runs: the config (`config_lib.validate`)
   and those of its follow-up stages (`then`), and its fit to its inputs, completed or still to
-  run with their shipped configs: a model the stage loads from an input stage has that stage's
-  geometry, and the reward model's k_max holds every ranking (the label stage's files, or the
+  run with their configs (`dependency_config`): a model the stage loads from an input stage
+  (`_loaded_stages`) has that stage's geometry, and the reward model's k_max holds every ranking (the label stage's files, or the
   sample stage's k_max when it is still to run).
 
   Raises:
@@ -192,16 +206,12 @@ def check_inputs(config: ml_collections.ConfigDict, config_dir: str | pathlib.Pa
   if config.stage not in NEEDS:
     raise config_lib.ConfigError(f'stage {config.stage!r} unknown; known: {", ".join(NEEDS)}')
   for follow_up in config.get('then', ()):
-    config_lib.validate(dependency_config(config, follow_up, config_dir))
-  needed = needs(config)
-  for field, block in MODEL_INPUTS.items():
-    stage = config.get(field)
-    if stage not in needed:
-      continue
+    config_lib.validate(dependency_config(config, follow_up))
+  for field, stage, block in _loaded_stages(config):
     done = summary(config.workdir, stage)
     if done is None:
-      model = dependency_config(config, stage, config_dir).model
-      where = dependency_spec(config, stage, config_dir)
+      model = dependency_config(config, stage).model
+      where = dependency_spec(config, stage)
     elif 'model' in done:
       model, where = done['model'], f'{stage_dir(config.workdir, stage)}/summary.json'
     else:  # a summary without its geometry: loading the checkpoint checks it instead
@@ -216,15 +226,14 @@ def check_inputs(config: ml_collections.ConfigDict, config_dir: str | pathlib.Pa
     if summary(config.workdir, 'label') is not None:
       rm.check_k(config, label.paths(stage_dir(config.workdir, 'label')))
     elif not config.data.get('rankings') and summary(config.workdir, 'sample') is None:
-      sample_k = dependency_config(config, 'sample', config_dir).k_max
+      sample_k = dependency_config(config, 'sample').k_max
       if sample_k > config.k_max:
         raise config_lib.ConfigError(
             f'k_max={config.k_max} but the sample stage ranks up to k_max={sample_k} '
-            f'completions ({dependency_spec(config, "sample", config_dir)})')
+            f'completions ({dependency_spec(config, "sample")})')
 
 
-def run(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path = 'configs',
-        force: bool = False) -> dict:
+def run(config: ml_collections.ConfigDict, force: bool = False) -> dict:
   """Runs `config.stage` after any missing or stale inputs, then the stages in `config.then`.
 
   A complete stage is reused only for the config it was made with (otherwise a WorkdirError
@@ -238,25 +247,23 @@ def run(config: ml_collections.ConfigDict, config_dir: str | pathlib.Path = 'con
   Raises:
     ConfigError: `check_inputs` refuses the config, before anything runs.
   """
-  result = _run(config, pathlib.Path(config_dir), force, compare_config=True)
+  result = _run(config, force, compare_config=True)
   for follow_up in config.get('then', ()):
     # A follow-up (the main job's eval) is reused whatever config it was run with, as long as
     # its inputs are the same.
-    _run(dependency_config(config, follow_up, pathlib.Path(config_dir)), pathlib.Path(config_dir),
-         force=False, compare_config=False)
+    _run(dependency_config(config, follow_up), force=False, compare_config=False)
   return result
 
 
-def _run(config: ml_collections.ConfigDict, config_dir: pathlib.Path, force: bool,
-         compare_config: bool) -> dict:
+def _run(config: ml_collections.ConfigDict, force: bool, compare_config: bool) -> dict:
   """`config.stage` after its inputs: a missing one is run with its shipped config
   (`dependency_config`), a stale one again with its own."""
   stage = config.stage
-  check_inputs(config, config_dir)
+  check_inputs(config)
   for need in needs(config):
     if summary(config.workdir, need) is None:
       print(f'[{stage}] input {need!r} missing in {config.workdir}: running it first', flush=True)
-      run(dependency_config(config, need, config_dir), config_dir)
+      run(dependency_config(config, need))
     else:
       _rerun_if_stale(config.workdir, need)
   return _run_stage(config, force, compare_config)

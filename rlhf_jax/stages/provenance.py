@@ -21,8 +21,9 @@ from typing import Any
 from rlhf_jax import checkpoint, config_lib
 
 FILE = 'provenance.json'
-# Fields that change where a run writes and how often it reports, not what it computes.
-NOT_COMPARED = frozenset({'workdir', 'then', 'log_every', 'checkpoint_every'})
+# Fields that change where a run writes, how often it reports and where its missing inputs'
+# configs are found, not what it computes (its inputs are compared by their digests).
+NOT_COMPARED = frozenset({'workdir', 'then', 'log_every', 'checkpoint_every', 'stage_configs'})
 
 
 def digest(folder: str | pathlib.Path) -> str | None:
