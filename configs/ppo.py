@@ -104,6 +104,9 @@ def get_config(arg=None):
   c.best_of_n = 0 if paper else 16
   # Every iteration already waits for its phases (time/*), so logging each one costs nothing.
   c.log_every = 1
+  # A table of 8 rollouts (prompt, response, score, KL) every this many iterations (0 = none):
+  # rollouts.jsonl, TensorBoard text and W&B, as TRL logs its query / response / reward table.
+  c.rollout_table_every = 10
   c.checkpoint_every = 10
   c.then = ()  # stages to run after this one (same workdir and seed)
   return c

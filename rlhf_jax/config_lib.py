@@ -123,6 +123,9 @@ def base_config(geometry: str = 'tiny') -> ml_collections.ConfigDict:
   c.log_every = 10
   c.eval_every = 0
   c.checkpoint_every = 0
+  # A W&B project switches W&B logging on: each stage a run named '<workdir>/<stage>' (metrics,
+  # the resolved config, the summary). WANDB_MODE=offline logs without a network.
+  c.wandb_project = ''
   # Stop when the loss or gradient norm of a step exceeds this many times the running mean of
   # its magnitude: a finite blow-up the NaN check misses (loop.Schedule). 0 = off.
   c.divergence = 0.0

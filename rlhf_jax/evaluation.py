@@ -246,6 +246,7 @@ def render_markdown(report: Mapping) -> str:
   for name, p in policies.items():
     cells = ' | '.join(_cell(p['public_evals'].get(t)) for t in eval_names)
     lines.append(f'| {name} | {cells} |')
+  lines += ['', '## Plots', ''] + [f'![{name[:-4]}]({name})' for name in plot_names(report)]
   lines += ['', '## Example responses', '']
   for i, example in enumerate(report.get('examples', []), 1):
     lines += [f'**Prompt {i}** ({example["category"]}): {_one_line(example["prompt"])}', '']
@@ -313,14 +314,45 @@ def _plot_alignment_tax(report: Mapping, path: str) -> None:
   fig.savefig(path, dpi=120)
 
 
+# The metrics of the training stages' metrics.jsonl drawn as training curves, when logged: the
+# training losses, the PPO reward and KL, and the validation figures used to select.
+CURVE_METRICS = ('sft/loss', 'pretrain/valid_loss', 'pretrain_rm/valid_loss', 'rm/loss',
+                 'rm/accuracy', 'objective/scores', 'objective/kl', 'ptx/loss',
+                 'valid/win_rate_vs_sft', 'valid/likert')
+CURVE_COLUMNS = 4
+
+
+def _plot_training_curves(report: Mapping, path: str) -> None:
+  """One panel per (stage, metric) of `report['training_curves']` against the step."""
+  panels = [(stage, metric, points) for stage, metrics in report['training_curves'].items()
+            for metric, points in metrics.items()]
+  rows = -(-len(panels) // CURVE_COLUMNS)
+  fig = Figure(figsize=(3.2 * CURVE_COLUMNS, 2.4 * rows))
+  axes = np.asarray(fig.subplots(rows, CURVE_COLUMNS, squeeze=False)).ravel()
+  for ax, (stage, metric, points) in zip(axes, panels):
+    steps, values = zip(*points)
+    ax.plot(steps, values, marker='.' if len(points) < 20 else None)
+    ax.set_title(f'{stage}: {metric}', fontsize=9)
+    ax.tick_params(labelsize=7)
+  for ax in axes[len(panels):]:
+    ax.set_visible(False)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
 PLOTS = {'win_rate.png': _plot_win_rate, 'metadata.png': _plot_metadata,
-         'alignment_tax.png': _plot_alignment_tax}
+         'alignment_tax.png': _plot_alignment_tax, 'training_curves.png': _plot_training_curves}
+
+
+def plot_names(report: Mapping) -> list[str]:
+  """The PLOTS `report` has data for: the training curves only when it holds some."""
+  return [name for name in PLOTS if name != 'training_curves.png' or report.get('training_curves')]
 
 
 def write_plots(report: Mapping, out_dir: str) -> list[str]:
-  """The PLOTS (win rate with CI bars, metadata rates, alignment tax) in out_dir; their paths."""
-  paths = []
-  for name, plot in PLOTS.items():
-    paths.append(os.path.join(out_dir, name))
-    plot(report, paths[-1])
+  """The plots of `report` (win rate with CI bars, metadata rates, alignment tax, training
+  curves) in out_dir; their paths."""
+  paths = [os.path.join(out_dir, name) for name in plot_names(report)]
+  for path in paths:
+    PLOTS[os.path.basename(path)](report, path)
   return paths

@@ -1,4 +1,4 @@
-"""Metric names and writers: metrics.jsonl, TensorBoard event files, console progress.
+"""Metric names and writers: metrics.jsonl, TensorBoard event files, W&B, console progress.
 
 Names follow lm-human-preferences (DESIGN.md, "Metric names"): `sft/loss`, `rm/loss`,
 `rm/accuracy`, `objective/kl`, `ppo/policy/clipfrac`, ..., `ptx/loss`. Names under `perf/` and
@@ -10,7 +10,11 @@ run and an uninterrupted one.
 Both JSONL files hold one object per logged step, `{"step": n, name: float, ...}`. On resume from
 step n the lines with step > n are dropped first (they were written after the checkpoint that is
 being resumed and will be written again). Only process 0 writes anything.
+
+With a W&B project set (`wandb_run`), every sink of the stage also logs to that stage's W&B run.
 """
+import contextlib
+import hashlib
 import json
 import math
 import os
@@ -27,7 +31,9 @@ from rlhf_jax import atomic, config_lib
 TIMING_PREFIXES = ('perf/', 'time/')
 METRICS_FILE = 'metrics.jsonl'
 PERF_FILE = 'perf.jsonl'
+ROLLOUTS_FILE = 'rollouts.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
+WANDB_ID_FILE = 'wandb_run_id'
 
 # Dense bf16 peak FLOP/s per device, for perf/mfu; matched as a prefix of jax's device_kind.
 # Keyed by the start of `device_kind`; the longest matching key wins. v5p chips report
@@ -147,6 +153,8 @@ class Writer:
     self._perf.write(step, {k: v for k, v in scalars.items() if is_timing(k)})
     for name, value in scalars.items():
       self._tb.add_scalar(name, value, step)
+    if _wandb_runs:
+      _wandb_runs[-1].log(scalars, step=step)
 
   def close(self) -> None:
     if not self._active:
@@ -156,6 +164,12 @@ class Writer:
     self._tb.close()
 
 
+def _hparams(config: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+  """The config's fields by dotted name, as TensorBoard and W&B take them (lists as JSON)."""
+  return {name: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+          for name, value in config_lib.flat_fields(config).items()}
+
+
 def write_hparams(stage_dir: str, config: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
   """Records a finished training stage in TensorBoard's HParams dashboard (<stage_dir>/
   tensorboard/hparams): the config's fields, flattened to dotted names, against the summary's
@@ -163,16 +177,106 @@ def write_hparams(stage_dir: str, config: Mapping[str, Any], summary: Mapping[st
   runs of a sweep compare side by side. Process 0 writes; others return."""
   if not _is_writer():
     return
-  hparams = {name: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
-             for name, value in config_lib.flat_fields(config).items()}
-  final = {name: float(value) for name, value in summary.items()
-           if name != 'seconds' and isinstance(value, (int, float)) and not isinstance(value, bool)}
   import tensorboardX  # pylint: disable=g-import-not-at-top  # only process 0 needs it
   with tensorboardX.SummaryWriter(os.path.join(stage_dir, TENSORBOARD_DIR)) as writer:
-    writer.add_hparams(hparams, final, name='hparams')
+    writer.add_hparams(_hparams(config), summary_numbers(summary), name='hparams')
 
 
-def _duration(seconds: float) -> str:
+def summary_numbers(summary: Mapping[str, Any]) -> dict[str, float]:
+  """The numbers of a stage summary that describe its result (the wall time left out)."""
+  return {name: float(value) for name, value in summary.items()
+          if name != 'seconds' and isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+# The W&B run of the stage running now (at most one; a list so that nothing rebinds a global).
+_wandb_runs: list[Any] = []
+
+
+@contextlib.contextmanager
+def wandb_run(stage_dir: str, project: str, name: str, config: Mapping[str, Any]):
+  """Logs the stage running in `stage_dir` to W&B while open, when `project` is set (process 0).
+
+  Every Writer and RolloutTable of the stage logs to the run; its config is `config` flattened
+  to dotted names. Yields `summarize(summary)`, which records the stage summary's numbers as the
+  run's summary (a no-op without W&B). The run's id is kept in <stage_dir>/wandb_run_id, so a
+  resumed stage continues its run and a stage that starts over (a fresh folder) gets a new one.
+  W&B's own files go to <stage_dir>/wandb; its usual variables apply (WANDB_MODE=offline,
+  WANDB_ENTITY, WANDB_API_KEY).
+  """
+  if not project or not _is_writer():
+    yield lambda summary: None
+    return
+  import wandb  # pylint: disable=g-import-not-at-top  # the optional [wandb] extra
+  os.makedirs(stage_dir, exist_ok=True)
+  id_path = os.path.join(stage_dir, WANDB_ID_FILE)
+  if os.path.exists(id_path):
+    run_id = open(id_path).read().strip()
+  else:
+    run_id = hashlib.sha256(f'{os.path.abspath(stage_dir)} {time.time()}'.encode()).hexdigest()[:16]
+    atomic.write_lines(id_path, [run_id + '\n'])
+  run = wandb.init(project=project, id=run_id, resume='allow', name=name, dir=stage_dir,
+                   config=_hparams(config))
+  _wandb_runs.append(run)
+  try:
+    yield lambda summary: run.summary.update(summary_numbers(summary))
+  finally:
+    _wandb_runs.remove(run)
+    run.finish()
+
+
+class RolloutTable:
+  """A table of sampled rollouts (prompt, response, score, KL) logged every `every` PPO
+  iterations: a line `{"step": n, "rows": [...]}` of <stage_dir>/rollouts.jsonl, TensorBoard
+  text, and a W&B table in the stage's W&B run. Only process 0 writes.
+
+  A resumed run drops the lines it is about to write again (those from its first logged
+  iteration on), as metrics.jsonl does.
+  """
+  COLUMNS = ('prompt', 'response', 'score', 'kl')
+
+  def __init__(self, stage_dir: str, every: int):
+    self.every = every
+    self._stage_dir = stage_dir
+    self._log = self._tb = None
+
+  def due(self, step: int) -> bool:
+    return self.every > 0 and step % self.every == 0
+
+  def write(self, step: int, rows: list[Mapping[str, Any]]) -> None:
+    """Logs the rows of iteration `step`; each row has the COLUMNS."""
+    if not _is_writer():
+      return
+    if self._log is None:
+      self._log = JsonlLog(os.path.join(self._stage_dir, ROLLOUTS_FILE), step - 1)
+      import tensorboardX  # pylint: disable=g-import-not-at-top  # only process 0 needs it
+      self._tb = tensorboardX.SummaryWriter(os.path.join(self._stage_dir, TENSORBOARD_DIR),
+                                            flush_secs=30)
+    rows = [{c: row[c] for c in self.COLUMNS} for row in rows]
+    self._log.write(step, {'rows': rows})
+    self._tb.add_text('rollouts', _markdown_table(self.COLUMNS, rows), step)
+    if _wandb_runs:
+      import wandb  # pylint: disable=g-import-not-at-top  # the optional [wandb] extra
+      table = wandb.Table(columns=list(self.COLUMNS),
+                          data=[[row[c] for c in self.COLUMNS] for row in rows])
+      _wandb_runs[-1].log({'rollouts': table}, step=step)
+
+  def close(self) -> None:
+    for sink in (self._log, self._tb):
+      if sink is not None:
+        sink.close()
+
+
+def _markdown_table(columns: tuple[str, ...], rows: list[Mapping[str, Any]]) -> str:
+  """Rows as a markdown table (TensorBoard renders text summaries as markdown)."""
+  def cell(value):
+    text = f'{value:.3f}' if isinstance(value, float) else str(value)
+    return text.replace('|', '\\|').replace('\n', ' ')
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  return '\n'.join(lines + ['| ' + ' | '.join(cell(r[c]) for c in columns) + ' |' for r in rows])
+
+
+def duration(seconds: float) -> str:
+  """'1h05m' or '4m07s'."""
   seconds = int(seconds)
   h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
   return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
@@ -206,7 +310,7 @@ class Progress:
     start_step, start_time = self._start
     if step > start_step:
       rate = (step - start_step) / (time.perf_counter() - start_time)
-      parts.append(f'ETA {_duration((self.total - step) / rate)}')
+      parts.append(f'ETA {duration((self.total - step) / rate)}')
     line = '  '.join(parts)
     self.stream.write(f'\r\033[K{line}' if self._tty else line + '\n')
     self.stream.flush()

@@ -31,6 +31,7 @@ def get_config(arg=None):
   c.data.response_len = 8
   c.batch_size, c.minibatch_size, c.ptx_per_episode = 16, 8, 1
   c.total_steps, c.log_every, c.checkpoint_every = {PPO_TOTAL}, 1, 0
+  c.rollout_table_every = 2
   c.then = ()
   c.valid_prompts = {{valid_prompts}}
   c.eval_every, c.best_of_n = 2, 2

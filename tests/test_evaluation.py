@@ -1,5 +1,6 @@
 """Evaluation math and reporting: Wilson intervals, ties, metadata rates, accuracy, report files."""
 import math
+import os
 import random
 
 import pytest
@@ -87,7 +88,12 @@ def test_report_renders_every_policy_and_writes_plots(tmp_path):
     assert f'| {name} |' in markdown and f'{name} says meat.' in markdown
   assert 'constraint ok ↑' in markdown and '| - |' in markdown  # no constrained prompt: a dash
   paths = evaluation.write_plots(report, str(tmp_path))
-  assert len(paths) == 3
+  assert len(paths) == 3 and '![training_curves]' not in markdown  # no curves in this report
+  report['training_curves'] = {'sft': {'sft/loss': [[1, 2.0], [2, 1.5]]},
+                               'rm': {'rm/loss': [[1, 0.7]], 'rm/accuracy': [[1, 0.6]]}}
+  assert '![training_curves](training_curves.png)' in evaluation.render_markdown(report)
+  paths = evaluation.write_plots(report, str(tmp_path))
+  assert [os.path.basename(p) for p in paths] == list(evaluation.PLOTS)
   for path in paths:
     with open(path, 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'

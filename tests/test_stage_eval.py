@@ -83,8 +83,16 @@ def test_eval_report(workdir, capsys):
   markdown = (out / 'report.md').read_text()
   for name in report['policies']:
     assert f'| {name} |' in markdown
-  for plot in ('win_rate.png', 'metadata.png', 'alignment_tax.png'):
+  for plot in ('win_rate.png', 'metadata.png', 'alignment_tax.png', 'training_curves.png'):
     assert (out / plot).read_bytes()[:4] == b'\x89PNG'
+    assert f']({plot})' in markdown
+  # The training curves are the complete training stages' logged losses, point for point.
+  curves = report['training_curves']
+  assert {'pretrain', 'sft'} <= set(curves)
+  for stage, metrics in curves.items():
+    logged = [json.loads(line) for line in (workdir / stage / 'metrics.jsonl').read_text().splitlines()]
+    for name, points in metrics.items():
+      assert points == [[row['step'], row[name]] for row in logged if name in row]
   assert len((out / 'responses.jsonl').read_text().splitlines()) == 24
   # A rerun reuses the complete stage and prints its table again.
   capsys.readouterr()

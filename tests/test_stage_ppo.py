@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import jax
 import numpy as np
@@ -20,7 +21,7 @@ from stage_fixtures import PPO_TOTAL as TOTAL
 from stage_fixtures import WORLD_SCALE, copy_workdir, small_ppo_config
 
 from rlhf_jax import checkpoint, config_lib, ppo, stages
-from rlhf_jax.stages import common, validation
+from rlhf_jax.stages import common, validation, world
 from rlhf_jax.stages import eval as eval_stage
 from rlhf_jax.stages import ppo as ppo_stage
 
@@ -33,11 +34,14 @@ def _lines(path: pathlib.Path) -> list[dict]:
 
 @pytest.fixture(scope='module')
 def reference(inputs, configs, tmp_path_factory) -> pathlib.Path:
-  """ppo_ptx for TOTAL iterations in-process, with `then = ('ppo',)`."""
+  """ppo_ptx for TOTAL iterations in-process, with `then = ('ppo',)`, logging to an offline
+  W&B project (the follow-up, from the config file, does not)."""
   workdir = copy_workdir(inputs, tmp_path_factory.mktemp('ppo_reference'))
   config = config_lib.load_config(f'{configs}/ppo_ptx.py')
   config.workdir, config.then = str(workdir), ('ppo',)
-  stages.run(config)
+  config.wandb_project = 'rlhf_jax_tests'
+  with mock.patch.dict(os.environ, {'WANDB_MODE': 'offline', 'WANDB_SILENT': 'true'}):
+    stages.run(config)
   return workdir
 
 
@@ -76,6 +80,36 @@ def _launch(workdir: pathlib.Path, configs: pathlib.Path, cache: pathlib.Path) -
                           stderr=subprocess.STDOUT, text=True)
 
 
+def test_rollout_tables_of_decoded_episodes_reach_every_sink(reference):
+  """Every rollout_table_every (2) iterations: 8 episodes with their training prompt, the text
+  the policy answered, and its score and KL, in rollouts.jsonl, TensorBoard and W&B."""
+  tables = _lines(reference / 'ppo_ptx' / 'rollouts.jsonl')
+  assert [t['step'] for t in tables] == list(range(2, TOTAL + 1, 2))
+  prompts = {r['prompt'] for r in _lines(world.paths(reference / 'data')['prompts_ppo'])}
+  for table in tables:
+    assert len(table['rows']) == ppo_stage.ROLLOUT_TABLE_ROWS
+    for row in table['rows']:
+      assert row['prompt'] in prompts and row['response']
+      assert np.isfinite(row['score']) and np.isfinite(row['kl'])
+  # The tables differ: the policy answered other prompts, or answered differently.
+  assert tables[0]['rows'] != tables[-1]['rows']
+  events = b''.join(p.read_bytes() for p in (reference / 'ppo_ptx' / 'tensorboard').glob('*'))
+  assert b'rollouts' in events and tables[0]['rows'][0]['response'][:20].encode() in events
+
+  # W&B (offline): the run named in wandb_run_id holds the tables, the metrics and the summary.
+  run_id = (reference / 'ppo_ptx' / 'wandb_run_id').read_text().strip()
+  [run] = (reference / 'ppo_ptx' / 'wandb').glob(f'offline-run-*-{run_id}')
+  logged = (run / f'run-{run_id}.wandb').read_bytes()
+  summary = stages.summary(str(reference), 'ppo_ptx')
+  for name in ('objective/kl', 'ppo/policy/loss', 'ptx/loss', 'optimizer.lr', 'kl_coef',
+               'checkpoint_step'):
+    assert name.encode() in logged, name
+  [first] = run.glob('files/media/table/rollouts_2_*.table.json')
+  assert json.loads(first.read_text())['data'][0][1] == tables[0]['rows'][0]['response']
+  assert summary['iterations'] == TOTAL
+  assert not (reference / 'ppo' / 'wandb').exists()
+
+
 def test_kill_and_resume_gives_identical_metrics(reference, inputs, configs, tmp_path):
   workdir = copy_workdir(inputs, tmp_path / 'killed')
   metrics = workdir / 'ppo_ptx' / 'metrics.jsonl'
@@ -93,6 +127,8 @@ def test_kill_and_resume_gives_identical_metrics(reference, inputs, configs, tmp
   assert resumed.returncode == 0, output
   assert 'resuming from step' in output
   assert metrics.read_text() == (reference / 'ppo_ptx' / 'metrics.jsonl').read_text()
+  rollouts = (workdir / 'ppo_ptx' / 'rollouts.jsonl').read_text()
+  assert rollouts == (reference / 'ppo_ptx' / 'rollouts.jsonl').read_text()
 
 
 def test_validation_selects_an_iteration_and_eval_loads_it(inputs, tmp_path):

@@ -44,6 +44,7 @@ def test_different_seed_changes_the_world(tiny_world, tmp_path):
 def test_complete_stage_is_not_rerun(tmp_path, capsys):
   config = world_config(tmp_path)
   stages.run(config)
+  assert f'[world] stage 1 of 1: running in {tmp_path / "data"}' in capsys.readouterr().out
   card = world.paths(tmp_path / 'data')['card']
   card.write_text('{}')
   stages.run(config)

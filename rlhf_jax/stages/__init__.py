@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from rlhf_jax import checkpoint, config_lib, hf, loop, metrics
 from rlhf_jax.data import pipeline, records
 from rlhf_jax.stages import eval as eval_stage
-from rlhf_jax.stages import label, lm, ppo, provenance, rm, sample, world
+from rlhf_jax.stages import label, lm, ppo, progress, provenance, rm, sample, world
 from rlhf_jax.stages.layout import WorkdirError, stage_dir, summary
 
 # Failures of a run that are the input's fault: main prints them as one line and exits 1.
@@ -241,18 +241,53 @@ def run(config: ml_collections.ConfigDict, force: bool = False) -> dict:
   still the ones in the workdir: a stage whose input was made again since is run again, and so
   is every stage after it.
 
+  The first call of a command counts the stages it runs ("stage k of n", `progress.Pipeline`).
+
   Returns:
     The summary of `config.stage`.
 
   Raises:
     ConfigError: `check_inputs` refuses the config, before anything runs.
   """
-  result = _run(config, force, compare_config=True)
+  outermost = not _pipelines
+  if outermost:
+    check_inputs(config)
+    _pipelines.append(progress.Pipeline(
+        plan(config, force), config.get('pipeline_geometry') or config.model.geometry))
+  try:
+    result = _run(config, force, compare_config=True)
+    for follow_up in config.get('then', ()):
+      # A follow-up (the main job's eval) is reused whatever config it was run with, as long as
+      # its inputs are the same.
+      _run(dependency_config(config, follow_up), force=False, compare_config=False)
+    return result
+  finally:
+    if outermost:
+      _pipelines.pop()
+
+
+# The stage count of the command running now (a list so that nothing rebinds a global).
+_pipelines: list[progress.Pipeline] = []
+
+
+def plan(config: ml_collections.ConfigDict, force: bool = False) -> list[str]:
+  """The stages `run(config, force)` is expected to run, in order: each missing input after its
+  own missing inputs, the stage itself unless complete, then its follow-ups (`then`) with their
+  missing inputs. Inputs made stale by a run are found only while running."""
+  planned: list[str] = []
+
+  def visit(config: ml_collections.ConfigDict, run_it: bool) -> None:
+    for need in needs(config):
+      if need not in planned and summary(config.workdir, need) is None:
+        visit(dependency_config(config, need), True)
+    if run_it and config.stage not in planned:
+      planned.append(config.stage)
+
+  visit(config, force or summary(config.workdir, config.stage) is None)
   for follow_up in config.get('then', ()):
-    # A follow-up (the main job's eval) is reused whatever config it was run with, as long as
-    # its inputs are the same.
-    _run(dependency_config(config, follow_up), force=False, compare_config=False)
-  return result
+    follow = dependency_config(config, follow_up)
+    visit(follow, bool(planned) or summary(config.workdir, follow_up) is None)
+  return planned
 
 
 def _run(config: ml_collections.ConfigDict, force: bool, compare_config: bool) -> dict:
@@ -324,15 +359,21 @@ def _run_stage(config: ml_collections.ConfigDict, force: bool, compare_config: b
     start_over = done is not None or bool(changes) or bool(made_again) or (
         force and recorded is None)
     start = time.time()
-    print(f'[{stage}] running in {folder} on {device_banner()}', flush=True)
+    count = f'{_pipelines[-1].start(stage)}: ' if _pipelines else ''
+    print(f'[{stage}] {count}running in {folder} on {device_banner()}', flush=True)
 
     def write_provenance():
       provenance.write(folder, provenance.record(config, reads))
     # A linked folder (`link_inputs`) is another workdir's: never rewritten in place.
     with _starting(folder, start_over and (stage not in SHARED_FOLDERS or folder.is_symlink()),
                    lambda: _on_all_processes(write_provenance)):
-      with pipeline.collecting_drops() as dropped:
+      with pipeline.collecting_drops() as dropped, metrics.wandb_run(
+          str(folder), config.get('wandb_project'), f'{pathlib.Path(config.workdir).name}/{stage}',
+          provenance.resolved(config)) as wandb_summary:
         result = RUNNERS[stage](config, folder)
+        wandb_summary(result)
+    if _pipelines:
+      _pipelines[-1].finish(stage, time.time() - start)
     return _finish(config, folder, result, start, dropped)
 
 

@@ -292,7 +292,28 @@ def _report(config, names, inputs, responses, tax) -> dict:
   return {'policies': policies, 'baseline': evaluation.BASELINE, 'n_prompts': len(prompts),
           'temperature': config.temperature, 'labelers': inputs['n_labelers'],
           'ppo_params': config.ppo_params, 'examples': examples,
-          'seed': config.seed}  # which judge each prompt drew: the review page re-derives them
+          'seed': config.seed,  # which judge each prompt drew: the review page re-derives them
+          'training_curves': training_curves(config.workdir)}
+
+
+TRAINING_STAGES = (*config_lib.LM_STAGES, 'rm', *config_lib.PPO_STAGES)
+
+
+def training_curves(workdir: str) -> dict[str, dict[str, list[list[float]]]]:
+  """stage -> metric -> [[step, value], ...] of the evaluation.CURVE_METRICS that the complete
+  training stages of `workdir` logged, in TRAINING_STAGES order."""
+  curves = {}
+  for stage in TRAINING_STAGES:
+    folder = common.stage_path(workdir, stage)
+    log = folder / metrics.METRICS_FILE
+    if checkpoint.read_summary(str(folder)) is None or not log.exists():
+      continue
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    logged = {name: [[row['step'], row[name]] for row in rows if name in row]
+              for name in evaluation.CURVE_METRICS}
+    if any(logged.values()):
+      curves[stage] = {name: points for name, points in logged.items() if points}
+  return curves
 
 
 def _write(stage_dir: pathlib.Path, report: dict, inputs: dict, responses: dict) -> None:

@@ -17,13 +17,15 @@ import functools
 import itertools
 import json
 import pathlib
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.sharding import NamedSharding
 
-from rlhf_jax import checkpoint, config_lib, experience, loop, optim, ppo, sharding
+from rlhf_jax import checkpoint, config_lib, experience, loop, metrics, optim, ppo, sharding
 from rlhf_jax.data import pipeline
 from rlhf_jax.stages import common, selection, validation
 from rlhf_jax.stages import eval as eval_stage
@@ -136,8 +138,10 @@ def phases(settings: ppo.PPOSettings, state_shardings, frozen_shardings, mesh):
   return generate, score, train, (rows, ptx) if settings.ptx_coef else rows
 
 
-def _iteration(jitted, frozen: ppo.Frozen, with_ptx: bool) -> loop.StepFn:
-  """One PPO iteration as a loop step: `(state, batch, rng) -> (state, metrics)`.
+def _iteration(jitted, frozen: ppo.Frozen, with_ptx: bool,
+               log_rollouts: Callable[[int, experience.Experience], None]) -> loop.StepFn:
+  """One PPO iteration as a loop step: `(state, batch, rng) -> (state, metrics)`; after it,
+  `log_rollouts(iteration, experience)` (the rollout table).
 
   Each phase is waited for before the next starts, so `time/*` measure them apart; the phases
   depend on each other's outputs anyway, so this costs only the host's dispatch overlap.
@@ -150,9 +154,39 @@ def _iteration(jitted, frozen: ppo.Frozen, with_ptx: bool) -> loop.StepFn:
     sample, t_generate = loop.timed(generate, state, prompts, sample_rng)
     (exp, rollout_metrics), t_score = loop.timed(score, state, frozen, prompts, sample)
     (state, train_metrics), t_train = loop.timed(train, state, exp, ptx, train_rng)
+    log_rollouts(int(state.step), exp)
     return state, {**rollout_metrics, **train_metrics, 'time/generate': t_generate,
                    'time/score': t_score, 'time/train': t_train}
   return iteration
+
+
+ROLLOUT_TABLE_ROWS = 8  # episodes per logged table: a screenful to read, quick to decode
+
+
+def _first_episodes(exp: experience.Experience, n: int) -> tuple[jax.Array, ...]:
+  """Prompt tokens and mask [n, P], response tokens and mask [n, N], score [n] and the KL to the
+  reference summed over the response [n] (objective/kl's per-episode term) of episodes 0..n-1."""
+  kl = jnp.sum(jnp.where(exp.response_mask, exp.logprobs - exp.ref_logprobs, 0), axis=-1)
+  return tuple(x[:n] for x in (exp.prompt_tokens, exp.prompt_mask, exp.response_tokens,
+                               exp.response_mask, exp.scores, kl))
+
+
+def rollout_logger(table: metrics.RolloutTable, tok, mesh
+                   ) -> Callable[[int, experience.Experience], None]:
+  """`(iteration, experience) -> None`: on the iterations the table is due, its first
+  ROLLOUT_TABLE_ROWS episodes decoded into the table (gathered from every process)."""
+  first = jax.jit(functools.partial(_first_episodes, n=ROLLOUT_TABLE_ROWS),
+                  out_shardings=sharding.replicated(mesh))
+
+  def log(iteration: int, exp: experience.Experience) -> None:
+    if not table.due(iteration):
+      return
+    prompts, prompt_mask, responses, response_mask, scores, kl = map(np.asarray, first(exp))
+    table.write(iteration, [
+        {'prompt': tok.decode(p[pm].tolist()), 'response': tok.decode(r[rm].tolist()),
+         'score': float(sc), 'kl': float(k)}
+        for p, pm, r, rm, sc, k in zip(prompts, prompt_mask, responses, response_mask, scores, kl)])
+  return log
 
 
 VALID_TEXT_BATCHES = 4  # batches of validation text for the pretraining-distribution loss
@@ -272,14 +306,19 @@ def run_ppo(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
         + (f', {ptx_rows(config)} pretraining rows each, gamma {config.ptx_coef}'
            if settings.ptx_coef else '') + f') on mesh {dict(mesh.shape)}', flush=True)
   tokens = _tokens_per_iteration(config, settings)
-  result = loop.run(
-      _iteration(jitted, frozen, bool(settings.ptx_coef)), init_state=init_state,
-      abstract_state=abstract_state, data=_datasets(config, tok, settings),
-      stage_dir=str(stage_dir), base_rng=jax.random.key(config.seed),
-      schedule=loop.Schedule.from_config(config, total_steps),
-      fingerprint=checkpoint.fingerprint(config_lib.model_roles(config)),
-      batch_shardings=batch_shardings, loss_key='ppo/policy/loss',
-      tokens_fn=lambda batch: tokens, eval_fn=eval_fn)
+  table = metrics.RolloutTable(str(stage_dir), config.rollout_table_every)
+  try:
+    result = loop.run(
+        _iteration(jitted, frozen, bool(settings.ptx_coef), rollout_logger(table, tok, mesh)),
+        init_state=init_state, abstract_state=abstract_state,
+        data=_datasets(config, tok, settings), stage_dir=str(stage_dir),
+        base_rng=jax.random.key(config.seed),
+        schedule=loop.Schedule.from_config(config, total_steps),
+        fingerprint=checkpoint.fingerprint(config_lib.model_roles(config)),
+        batch_shardings=batch_shardings, loss_key='ppo/policy/loss',
+        tokens_fn=lambda batch: tokens, eval_fn=eval_fn)
+  finally:
+    table.close()
   common.exit_if_stopped(result)
   final = {k: v for k, v in result.metrics.items() if k.startswith(('objective/', 'ptx/'))}
   summary = {'iterations': result.step, 'episodes': result.step * config.batch_size,
