@@ -296,12 +296,12 @@ def _report(config, names, inputs, responses, tax) -> dict:
           'training_curves': training_curves(config.workdir)}
 
 
-TRAINING_STAGES = (*config_lib.LM_STAGES, 'rm', *config_lib.PPO_STAGES)
+TRAINING_STAGES = ('pretrain', 'sft', 'sft_init', 'pretrain_rm', 'sft_rm', 'rm', 'ppo', 'ppo_ptx')
 
 
 def training_curves(workdir: str) -> dict[str, dict[str, list[list[float]]]]:
   """stage -> metric -> [[step, value], ...] of the evaluation.CURVE_METRICS that the complete
-  training stages of `workdir` logged, in TRAINING_STAGES order."""
+  training stages of `workdir` logged, in pipeline order."""
   curves = {}
   for stage in TRAINING_STAGES:
     folder = common.stage_path(workdir, stage)

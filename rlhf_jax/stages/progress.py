@@ -11,13 +11,14 @@ import dataclasses
 
 from rlhf_jax import metrics
 
-# Seconds each stage of the main job took (seed 0, geometry MAIN_JOB_GEOMETRY, the reward model
-# at tiny-rm): its run of 2026-12-02 on the 2-core machine, shared with other jobs
-# (experiments/instructgpt_mini/README.md). Only the ratios matter.
+# Seconds each stage of the main job took: seed 0 at geometry MAIN_JOB_GEOMETRY (the reward
+# model at tiny-rm), 2026-12-01, on the 2-core machine shared with other jobs (load 4-12; the
+# README's 104 minutes). Only the ratios matter. PPO without ptx is taken to cost what PPO-ptx
+# did (not measured).
 MAIN_JOB_GEOMETRY = 'tiny'
 MAIN_JOB_SECONDS = {
-    'world': 60.0, 'pretrain': 944.3, 'sft': 433.4, 'sft_init': 76.2, 'sample': 240.0,
-    'label': 30.0, 'pretrain_rm': 1438.0, 'sft_rm': 535.6, 'rm': 1429.6, 'ppo_ptx': 1183.1,
+    'world': 8.4, 'pretrain': 944.3, 'sft': 433.4, 'sft_init': 76.2, 'sample': 130.6,
+    'label': 1.3, 'pretrain_rm': 1438.0, 'sft_rm': 535.6, 'rm': 1429.6, 'ppo_ptx': 1183.1,
     'ppo': 1183.1, 'eval': 61.9,
 }
 
