@@ -214,6 +214,12 @@ def paper_comparison(report: Mapping) -> list[str]:
   return lines
 
 
+def wall_time_line(seconds: Mapping[str, float]) -> str:
+  """'wall time (minutes): world 0.1, pretrain 15.7, ...; 104.0 in all before the evaluation'."""
+  parts = ', '.join(f'{stage} {t / 60:.1f}' for stage, t in seconds.items())
+  return f'wall time (minutes): {parts}; {sum(seconds.values()) / 60:.1f} in all before the evaluation'
+
+
 def render_markdown(report: Mapping) -> str:
   """report.md: settings, one table row per policy, public evals, and example responses."""
   policies = report['policies']
@@ -246,6 +252,8 @@ def render_markdown(report: Mapping) -> str:
   for name, p in policies.items():
     cells = ' | '.join(_cell(p['public_evals'].get(t)) for t in eval_names)
     lines.append(f'| {name} | {cells} |')
+  if report.get('stage_seconds'):
+    lines += ['', '## Wall time', '', wall_time_line(report['stage_seconds'])]
   lines += ['', '## Plots', ''] + [f'![{name[:-4]}]({name})' for name in plot_names(report)]
   lines += ['', '## Example responses', '']
   for i, example in enumerate(report.get('examples', []), 1):

@@ -91,7 +91,10 @@ def test_report_renders_every_policy_and_writes_plots(tmp_path):
   assert len(paths) == 3 and '![training_curves]' not in markdown  # no curves in this report
   report['training_curves'] = {'sft': {'sft/loss': [[1, 2.0], [2, 1.5]]},
                                'rm': {'rm/loss': [[1, 0.7]], 'rm/accuracy': [[1, 0.6]]}}
-  assert '![training_curves](training_curves.png)' in evaluation.render_markdown(report)
+  report['stage_seconds'] = {'world': 6.0, 'pretrain': 90.0}
+  markdown = evaluation.render_markdown(report)
+  assert '![training_curves](training_curves.png)' in markdown
+  assert 'wall time (minutes): world 0.1, pretrain 1.5; 1.6 in all before the evaluation' in markdown
   paths = evaluation.write_plots(report, str(tmp_path))
   assert [os.path.basename(p) for p in paths] == list(evaluation.PLOTS)
   for path in paths:

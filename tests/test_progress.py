@@ -42,3 +42,7 @@ def test_plan_runs_missing_inputs_first_and_skips_complete_ones(tmp_path):
   sft = config_lib.load_config('configs/sft.py')
   sft.workdir = str(tmp_path)
   assert stages.plan(sft) == [] and stages.plan(sft, force=True) == ['sft']
+
+
+def test_the_layout_lists_every_stage_in_the_order_of_the_registry():
+  assert tuple(stages.NEEDS) == stages.layout.PIPELINE and set(stages.RUNNERS) == set(stages.NEEDS)

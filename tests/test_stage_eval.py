@@ -86,6 +86,12 @@ def test_eval_report(workdir, capsys):
   for plot in ('win_rate.png', 'metadata.png', 'alignment_tax.png', 'training_curves.png'):
     assert (out / plot).read_bytes()[:4] == b'\x89PNG'
     assert f']({plot})' in markdown
+  # Each complete stage's wall time, as its summary records it, in pipeline order.
+  seconds = report['stage_seconds']
+  assert summary['stage_seconds'] == seconds and {'world', 'pretrain', 'sft'} <= set(seconds)
+  assert all(seconds[s] == stages.summary(str(workdir), s)['seconds'] for s in seconds)
+  assert list(seconds) == [s for s in stages.NEEDS if s in seconds]
+  assert 'wall time (minutes): world ' in markdown
   # The training curves are the complete training stages' logged losses, point for point.
   curves = report['training_curves']
   assert {'pretrain', 'sft'} <= set(curves)
@@ -99,6 +105,7 @@ def test_eval_report(workdir, capsys):
   assert stages.run(config) == summary
   printed = capsys.readouterr().out
   assert '[eval] already complete' in printed and f'[eval] report: {out / "report.md"}' in printed
+  assert '[eval] wall time (minutes): world ' in printed
   assert re.search(r'^  sft +0\.500 ', printed, re.M)
 
 

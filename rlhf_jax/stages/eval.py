@@ -27,7 +27,7 @@ from rlhf_jax import (
 )
 from rlhf_jax.data import pipeline, records, tokenizers
 from rlhf_jax.models import LanguageModel, ModelConfig
-from rlhf_jax.stages import common
+from rlhf_jax.stages import common, layout
 from rlhf_jax.world import build, corpus
 
 # policy -> the stage whose parameters it samples (gpt_prompted: gpt behind the few-shot prefix).
@@ -293,7 +293,15 @@ def _report(config, names, inputs, responses, tax) -> dict:
           'temperature': config.temperature, 'labelers': inputs['n_labelers'],
           'ppo_params': config.ppo_params, 'examples': examples,
           'seed': config.seed,  # which judge each prompt drew: the review page re-derives them
-          'training_curves': training_curves(config.workdir)}
+          'training_curves': training_curves(config.workdir),
+          'stage_seconds': stage_seconds(config.workdir)}
+
+
+def stage_seconds(workdir: str) -> dict[str, float]:
+  """stage -> the wall time its summary records, for the complete stages of `workdir` before
+  the evaluation, in pipeline order."""
+  done = {stage: layout.summary(workdir, stage) for stage in layout.PIPELINE if stage != 'eval'}
+  return {stage: s['seconds'] for stage, s in done.items() if s and 'seconds' in s}
 
 
 TRAINING_STAGES = ('pretrain', 'sft', 'sft_init', 'pretrain_rm', 'sft_rm', 'rm', 'ppo', 'ppo_ptx')
@@ -335,7 +343,10 @@ def _headline(report: dict, path: pathlib.Path) -> str:
     halluc = '-' if p['hallucination_rate'] is None else f'{p["hallucination_rate"]:.3f}'
     lines.append(row.format(name, f'{p["win_rate_vs_sft"]:.3f}', f'[{lo:.3f}, {hi:.3f}]',
                             f'{p["likert"]:.2f}', halluc, f'{p["pretrain_loss"]:.4f}'))
-  return '\n'.join(lines + [f'[eval] {line}' for line in evaluation.paper_comparison(report)])
+  lines += [f'[eval] {line}' for line in evaluation.paper_comparison(report)]
+  if report.get('stage_seconds'):
+    lines.append(f'[eval] {evaluation.wall_time_line(report["stage_seconds"])}')
+  return '\n'.join(lines)
 
 
 def print_headline(stage_dir: pathlib.Path) -> None:
@@ -362,4 +373,5 @@ def run(config: ml_collections.ConfigDict, stage_dir: pathlib.Path) -> dict:
         flush=True)
   print(_headline(report, stage_dir / 'report.md'), flush=True)
   return {'report': str(stage_dir / 'report.json'), 'policies': names,
-          'win_rate_vs_sft': {n: p['win_rate_vs_sft'] for n, p in report['policies'].items()}}
+          'win_rate_vs_sft': {n: p['win_rate_vs_sft'] for n, p in report['policies'].items()},
+          'stage_seconds': report['stage_seconds']}

@@ -16,6 +16,9 @@ class WorkdirError(RuntimeError):
 
 # Stages whose folder is named for what it holds rather than for the stage.
 FOLDERS = {'world': 'data', 'sample': 'samples', 'label': 'labels'}
+# Every stage, in the order the main job runs them (ppo beside ppo_ptx).
+PIPELINE = ('world', 'pretrain', 'sft', 'sft_init', 'sample', 'label', 'pretrain_rm', 'sft_rm',
+            'rm', 'ppo', 'ppo_ptx', 'eval')
 
 
 def stage_dir(workdir: str, stage: str) -> pathlib.Path:
