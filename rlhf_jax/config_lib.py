@@ -113,9 +113,11 @@ def base_config(geometry: str = 'tiny') -> ml_collections.ConfigDict:
   c.workdir = default_workdir(geometry)
   c.seed = 0
   c.model = model_config_dict(geometry)
-  # The configs of the stages this one reads, run when their folders are missing: a spec for
-  # --config with '{stage}' and '{geometry}' to fill. Empty until loaded: `load_config` and main
-  # then name the folder of the config file itself, so a copied folder of configs runs together.
+  # The file this config was loaded from (set by `load_config` and main, whoever the file
+  # extends), and the configs of the stages it reads, run when their folders are missing: a
+  # --config spec with '{stage}' and '{geometry}' to fill; empty: the `{stage}.py` files beside
+  # config_file (the shipped ones for a config built in code), so a copied folder runs together.
+  c.config_file = ''
   c.stage_configs = ''
   # Mesh axis sizes; one may be -1 (all remaining devices).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -353,13 +355,12 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   if not pathlib.Path(path).is_file():
     raise missing_config(path)
   module = sibling_config(path, pathlib.Path(path).stem)
-  return with_stage_configs(module.get_config(arg or None), path)
+  return loaded_from(module.get_config(arg or None), path)
 
 
-def with_stage_configs(config: ml_collections.ConfigDict,
-                       config_file: str) -> ml_collections.ConfigDict:
-  """`config`, whose empty `stage_configs` now names the configs beside `config_file`."""
-  if 'stage_configs' in config and not config.stage_configs:
-    folder = pathlib.Path(config_file).resolve().parent
-    config.stage_configs = f'{folder}/{{stage}}.py:{{geometry}}'
+def loaded_from(config: ml_collections.ConfigDict, config_file: str) -> ml_collections.ConfigDict:
+  """`config` with its `config_file` set to `config_file` (a config extending another one,
+  loaded inside its get_config, is the file loaded last's)."""
+  if 'config_file' in config:
+    config.config_file = str(pathlib.Path(config_file).resolve())
   return config

@@ -68,7 +68,7 @@ def main(argv):
   del argv
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # orbax and grain log every save and restore
-  config = config_lib.with_stage_configs(
+  config = config_lib.loaded_from(
       FLAGS.config, config_flags.get_config_filename(FLAGS['config']))
   if FLAGS.workdir:
     config.workdir = FLAGS.workdir

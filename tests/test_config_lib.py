@@ -34,16 +34,19 @@ def get_config(arg=None):
 
 
 def test_input_stages_use_the_configs_the_config_names(tmp_path):
-  """A copied folder of configs runs its own files for the missing inputs; `stage_configs`
-  redirects them; a config built in code without it falls back to the shipped files."""
-  (tmp_path / 'ppo.py').write_text((config_lib.CONFIG_DIR / 'ppo.py').read_text())
+  """A copied folder of configs runs its own files for the missing inputs, also when a file
+  extends a shipped one (loading it inside get_config); `stage_configs` redirects them; a config
+  built in code falls back to the shipped files."""
+  (tmp_path / 'ppo.py').write_text(
+      'from rlhf_jax import config_lib\n\n'
+      f"def get_config(arg=None):\n  return config_lib.load_config('{config_lib.CONFIG_DIR}/ppo.py')\n")
   (tmp_path / 'rm.py').write_text(RM_WITH_K5)
   config = config_lib.load_config(f'{tmp_path}/ppo.py')
-  assert config.stage_configs == f'{tmp_path.resolve()}/{{stage}}.py:{{geometry}}'
+  assert config.config_file == str((tmp_path / 'ppo.py').resolve())
   assert stages.dependency_config(config, 'rm').k_max == 5
   config.stage_configs = f'{config_lib.CONFIG_DIR}/{{stage}}.py:{{geometry}}'
   assert stages.dependency_config(config, 'rm').k_max == 9
-  config.stage_configs = ''
+  config.stage_configs = config.config_file = ''
   assert stages.dependency_spec(config, 'rm') == f'{config_lib.CONFIG_DIR}/rm.py:tiny'
 
 

@@ -74,11 +74,13 @@ SHARED_DATA = ('world_scale', 'tokenizer', 'pretrain', 'pretrain_valid', 'demons
 
 def dependency_spec(config: ml_collections.ConfigDict, stage: str) -> str:
   """The config of `stage` in the pipeline of `config`, as `--config` names it: the config's
-  `stage_configs` (the shipped configs when a config built in code leaves it empty) at the
-  pipeline's geometry."""
+  `stage_configs`, or else `<stage>.py` beside its `config_file` (the shipped configs for a
+  config built in code), at the pipeline's geometry."""
   # The pipeline's geometry is the policy's; a stage of another model (the RM's) records it.
   geometry = config.get('pipeline_geometry') or config.model.geometry
-  specs = config.get('stage_configs') or f'{config_lib.CONFIG_DIR}/{{stage}}.py:{{geometry}}'
+  folder = (pathlib.Path(config.config_file).parent if config.get('config_file')
+            else config_lib.CONFIG_DIR)
+  specs = config.get('stage_configs') or f'{folder}/{{stage}}.py:{{geometry}}'
   return specs.format(stage=stage, geometry=geometry)
 
 
