@@ -93,7 +93,8 @@ def test_rollout_tables_of_decoded_episodes_reach_every_sink(reference):
       assert np.isfinite(row['score']) and np.isfinite(row['kl'])
   # The tables differ: the policy answered other prompts, or answered differently.
   assert tables[0]['rows'] != tables[-1]['rows']
-  events = b''.join(p.read_bytes() for p in (reference / 'ppo_ptx' / 'tensorboard').glob('*'))
+  events = b''.join(p.read_bytes() for p in (reference / 'ppo_ptx' / 'tensorboard').rglob('*')
+                   if p.is_file())
   assert b'rollouts' in events and tables[0]['rows'][0]['response'][:20].encode() in events
 
   # W&B (offline): the run named in wandb_run_id holds the tables, the metrics and the summary.
