@@ -206,6 +206,7 @@ def _truncate(path: pathlib.Path) -> None:
   path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoints_fall_back_or_stop_in_one_line(tmp_path):
   full = toy_run(tmp_path / 'full', 8, checkpoint_every=2)
   toy_run(tmp_path / 'run', 6, checkpoint_every=2)  # keeps checkpoints 2, 4, 6
@@ -243,6 +244,7 @@ def _saved_w(stage_dir, step, tx) -> np.ndarray:
   return np.asarray(state.params['w'])
 
 
+@pytest.mark.slow
 def test_blown_up_states_are_never_kept_as_last_good(tmp_path):
   # lr 1e30 from update 4: the state after step 4 is finite but huge, and step 5's loss is inf.
   with pytest.raises(loop.NonFiniteLoss, match=r'^step 5: toy/loss is inf, computed from the '
@@ -262,6 +264,7 @@ def test_blown_up_states_are_never_kept_as_last_good(tmp_path):
     toy_run(tmp_path / 'none', 10, log_every=1, checkpoint_every=1, tx=_lr_from_step(0.1, 0, 1e30))
 
 
+@pytest.mark.slow
 def test_divergence_guard_stops_a_finite_blow_up(tmp_path):
   tx = lambda: _lr_from_step(0.1, 25, 1e3)  # noqa: E731  loss ~1e7 from step 27, still finite
   plain = toy_run(tmp_path / 'off', 30, log_every=1)
@@ -328,6 +331,7 @@ def test_signal_to_one_process_stops_every_process_at_one_step(tmp_path):
 
 # Items 7 and 8: resuming.
 
+@pytest.mark.slow
 def test_torn_metrics_line_is_dropped_on_resume(tmp_path):
   """Item 7: a kill mid-write leaves half a line; the rerun resumes instead of crashing."""
   toy_run(tmp_path / 'full', 10)

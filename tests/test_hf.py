@@ -98,6 +98,7 @@ def _logits(config, params, tokens, mask) -> np.ndarray:
   return np.asarray(jax.jit(LanguageModel(config).apply)({'params': params}, tokens, mask))
 
 
+@pytest.mark.slow
 def test_import_logits_match(imported):
   _, _, model, config, params = imported
   tokens, mask = _batch()
@@ -106,6 +107,7 @@ def test_import_logits_match(imported):
                              atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_greedy_generation_matches(imported):
   _, _, model, config, params = imported
   tokens, mask = _batch()
@@ -225,6 +227,7 @@ def test_export_refuses_banded_attention(gpt2_dir, tmp_path):
 
 
 @pytest.mark.parametrize('family', ['gpt2', 'llama'])
+@pytest.mark.slow
 def test_scalar_export_scores_last_real_token(family, tmp_path):
   """RM / value export: HF's sequence classifier gives our last-token value (plus score_bias)."""
   _save_model(family, tmp_path / 'm')
@@ -246,6 +249,7 @@ def test_scalar_export_scores_last_real_token(family, tmp_path):
   np.testing.assert_allclose(theirs + offset, ours[1:], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_exports_a_stage_checkpoint(tmp_path):
   config_file = os.path.join(os.path.dirname(__file__), '..', 'configs', 'sft.py')
   config = config_lib.load_config(config_file + ':tiny')
@@ -444,6 +448,7 @@ def _negative_logits_gpt2(path, vocab: int):
   return model
 
 
+@pytest.mark.slow
 def test_export_keeps_only_the_real_vocabulary(tmp_path):
   """100 real ids padded to 128 rows (real GPT-2: 50257 -> 50304): transformers must get the 100
   rows and nothing else, so its greedy tokens are ours."""
@@ -513,6 +518,7 @@ def test_qwen2_with_its_own_head_dim_exports(tmp_path):
                              _hf_logits(model, tokens, mask)[mask], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_ids_permissions_and_sentencepiece_tokenizer(tmp_path):
   """No made-up bos/eos (GPT2Config's 50256 in a 512-token model), a folder as the umask says,
   and the mini world's sentencepiece tokenizer shipped as a tokenizer that encodes the same."""

@@ -137,6 +137,7 @@ def test_metrics_jsonl_content(tmp_path):
   assert checkpoint.Checkpointer(str(tmp_path), FINGERPRINT).latest_step() == 7
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
   full = toy_run(tmp_path / 'full', 10)
   toy_run(tmp_path / 'split', 6)  # checkpoints at 5 and 6 (the end)

@@ -144,6 +144,7 @@ def _tokens(c, b, t, seed=0):
 
 
 @pytest.mark.parametrize('flavour', FLAVOURS)
+@pytest.mark.slow
 def test_forward_matches_reference(flavour):
   c = FLAVOURS[flavour]
   params = _params(c)
@@ -157,6 +158,7 @@ def test_forward_matches_reference(flavour):
 
 
 @pytest.mark.parametrize('flavour', ['gpt3', 'neox'])  # tied and untied LM heads
+@pytest.mark.slow
 def test_logits_at_selected_positions(flavour):
   """`positions` computes the same logits as the full forward, at those positions only."""
   c = FLAVOURS[flavour]
@@ -169,6 +171,7 @@ def test_logits_at_selected_positions(flavour):
 
 
 @pytest.mark.parametrize('flavour', ['gpt3', 'llama'])
+@pytest.mark.slow
 def test_unrolled_layers_same_forward_and_gradient(flavour):
   """Unrolling the layer loop (training steps on CPU presets) changes compilation only."""
   c = FLAVOURS[flavour]
@@ -225,6 +228,7 @@ def test_padding_invariance(flavour, left):
 
 @pytest.mark.parametrize('flavour', ['gpt3', 'llama'])
 @pytest.mark.parametrize('block', [attention.KV_BLOCK, 4], ids=['one_block', 'blocks_of_4'])
+@pytest.mark.slow
 def test_cache_prefill_and_steps_match_full_forward(flavour, block, monkeypatch):
   """Left-padded prompts, prefill, then one token at a time == one full forward.
 
@@ -251,6 +255,7 @@ def test_cache_prefill_and_steps_match_full_forward(flavour, block, monkeypatch)
 
 
 @pytest.mark.parametrize('write_index, t', [(0, 5), (3, 2), (8, 1), (9, 3), (13, 1)])
+@pytest.mark.slow
 def test_prefix_cached_attention_matches_dense(write_index, t, monkeypatch):
   """Prefixes in blocks of 4 of a 14-slot cache == dense attention over the cache, chunk written.
 
@@ -296,6 +301,7 @@ def test_scan_axis_and_logical_names():
   assert tuple(specs['lm_head']['kernel']) == ('embed', 'vocab')
 
 
+@pytest.mark.slow
 def test_dropout_only_when_not_deterministic():
   c = FLAVOURS['gpt3'].replace(embed_dropout=0.1, attn_dropout=0.1, resid_dropout=0.2)
   params = _params(c)
@@ -311,6 +317,7 @@ def test_dropout_only_when_not_deterministic():
   np.testing.assert_allclose(apply(False, 0), apply(False, 0), **TOL)
 
 
+@pytest.mark.slow
 def test_remat_policies_identical():
   base = FLAVOURS['llama']
   params = _params(base)
@@ -327,6 +334,7 @@ def test_remat_policies_identical():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), out, ref)
 
 
+@pytest.mark.slow
 def test_scalar_model_from_lm_trunk_and_last_token_value():
   c = FLAVOURS['neox']
   lm_params = _params(c)
@@ -350,6 +358,7 @@ def test_scalar_model_from_lm_trunk_and_last_token_value():
       np.testing.assert_allclose(last[i], alone[-1], **TOL)
 
 
+@pytest.mark.slow
 def test_bf16_compute_fp32_params():
   c = FLAVOURS['llama'].replace(dtype='bfloat16')
   tokens = jnp.zeros((1, 4), jnp.int32)
@@ -385,6 +394,7 @@ def test_rope_scaling_frequencies():
   assert len({'keep' if w < 16 else 'scale' if w > 64 else 'mix' for w in wavelen}) == 3
 
 
+@pytest.mark.slow
 def test_padding_vocab_rows_are_masked():
   c = FLAVOURS['gpt3'].replace(real_vocab_size=FLAVOURS['gpt3'].vocab_size - 5)
   params = init_params(c)

@@ -76,6 +76,7 @@ def setup():
   return settings, st, frozen, batch, rng, exp, metrics
 
 
+@pytest.mark.slow
 def test_experience_fields_consistent(setup):
   settings, st, frozen, batch, rng, exp, metrics = setup
   out = sampling.sample(st.policy.params, CFG, batch['tokens'], batch['mask'], rng,
@@ -97,6 +98,7 @@ def test_experience_fields_consistent(setup):
   assert np.all(np.asarray(exp.advantages)[~mask] == 0)
 
 
+@pytest.mark.slow
 def test_rollout_chunks_score_like_the_whole_batch(setup):
   settings, st, frozen, batch, _, exp, metrics = setup
   sample = sampling.SampleOutput(tokens=exp.response_tokens, logprobs=exp.logprobs,
@@ -110,6 +112,7 @@ def test_rollout_chunks_score_like_the_whole_batch(setup):
     np.testing.assert_allclose(got_metrics[name], want, **TOL, err_msg=name)
 
 
+@pytest.mark.slow
 def test_rollout_chunks_sample_strided_rows_with_their_own_keys(setup):
   settings, st, _, batch, rng, _, _ = setup
   chunked = dataclasses.replace(settings, rollout_chunks=2)
@@ -124,6 +127,7 @@ def test_rollout_chunks_sample_strided_rows_with_their_own_keys(setup):
     np.testing.assert_allclose(got.logprobs[rows], want.logprobs, **TOL)
 
 
+@pytest.mark.slow
 def test_scores_use_bias_and_no_eos_penalty(setup):
   settings, _, frozen, batch, *_ = setup
   response = np.full((B, N), 5, np.int32)
@@ -161,6 +165,7 @@ def _reference_nll(params, batch):
 
 
 @pytest.mark.parametrize('ptx_chunks', [1, 3])  # 3: the 3 rows one at a time
+@pytest.mark.slow
 def test_ptx_gradient_is_accumulated(setup, ptx_chunks):
   _, st, _, _, _, exp, _ = setup
   settings = make_settings(ptx_coef=2.5, ptx_chunks=ptx_chunks)
@@ -204,6 +209,7 @@ def stepped(setup):
   return step, ptx, rng, new, metrics
 
 
+@pytest.mark.slow
 def test_ppo_step_ema_kl_and_counters(setup, stepped):
   _, st, _, _, _, exp, _ = setup
   _, _, _, new, metrics = stepped
@@ -246,6 +252,7 @@ def test_settings_need_every_ppo_field():
     ppo_stage.settings_from_config(config, eos_id=EOS, pad_id=PAD)
 
 
+@pytest.mark.slow
 def test_toy_reward_increases():
   target = 9
 
@@ -278,6 +285,7 @@ def _assert_same_step(got_state, got_metrics, want_state, want_metrics):
     np.testing.assert_allclose(got_metrics[name], want_metrics[name], **TOL, err_msg=name)
 
 
+@pytest.mark.slow
 def test_sharded_ppo_step_equals_unsharded(setup, stepped):
   _, st, _, _, _, exp, _ = setup
   step, ptx, rng, want_state, want_metrics = stepped
@@ -298,6 +306,7 @@ def test_sharded_ppo_step_equals_unsharded(setup, stepped):
   _assert_same_step(got_state, got_metrics, want_state, want_metrics)
 
 
+@pytest.mark.slow
 def test_unrolled_update_equals_layer_loop(setup, stepped):
   """Unrolling the layers in the update changes how the passes are compiled, not the result."""
   _, st, _, _, _, exp, _ = setup

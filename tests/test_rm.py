@@ -33,6 +33,7 @@ def one_at_a_time_rewards(params, model, batch):
   return rewards
 
 
+@pytest.mark.slow
 def test_step_loss_matches_per_sequence_rewards_with_padded_k():
   config = tiny()
   model, tx, step = setup(config)
@@ -52,6 +53,7 @@ def test_step_loss_matches_per_sequence_rewards_with_padded_k():
                              atol=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_sums_give_the_training_loss_and_accuracy():
   config = tiny()
   model, tx, step = setup(config)
@@ -66,6 +68,7 @@ def test_eval_sums_give_the_training_loss_and_accuracy():
   assert sums['rm/pairs'] == train['rm/pairs']
 
 
+@pytest.mark.slow
 def test_overfits_one_batch():
   config = tiny()
   _, tx, step = setup(config)
@@ -82,6 +85,7 @@ def test_overfits_one_batch():
 
 
 @pytest.mark.parametrize('dropout', [0.0, 0.1])
+@pytest.mark.slow
 def test_dropout_follows_rng(dropout):
   config = tiny(resid_dropout=dropout)
   _, tx, step = setup(config)
@@ -92,6 +96,7 @@ def test_dropout_follows_rng(dropout):
   assert step(s, batch, jax.random.key(1))[1]['rm/loss'] == loss_a
 
 
+@pytest.mark.slow
 def test_normalisation_bias_centres_demonstrations():
   config = tiny()
   model, tx, _ = setup(config)

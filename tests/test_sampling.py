@@ -61,6 +61,7 @@ def _full_logits(c, params, prompts, pmask, out):
 
 @pytest.mark.parametrize('c', [CONFIG, GPT3], ids=['llama', 'gpt3'])
 @pytest.mark.parametrize('temperature', [0.0, 0.7])
+@pytest.mark.slow
 def test_tokens_and_logprobs_match_full_forward(c, temperature):
   params = _params(c)
   prompts, pmask = _prompts(c, [5, 2, 3], 5)
@@ -94,6 +95,7 @@ def _assert_matches(freqs, probs, n):
   np.testing.assert_array_less(np.abs(freqs - probs), bound)
 
 
+@pytest.mark.slow
 def test_sampled_frequencies_match_softmax():
   n, temperature = 20000, 0.8
   freqs, logits = _first_token_freqs(_params(CONFIG, 0.15), temperature, n)
@@ -103,6 +105,7 @@ def test_sampled_frequencies_match_softmax():
 
 
 @pytest.mark.parametrize('top_k, top_p', [(3, 1.0), (0, 0.6)])
+@pytest.mark.slow
 def test_top_k_top_p_restrict_support(top_k, top_p):
   n = 20000
   freqs, logits = _first_token_freqs(_params(CONFIG, 0.15), 1.0, n, top_k=top_k, top_p=top_p)
@@ -120,12 +123,14 @@ def test_top_k_top_p_restrict_support(top_k, top_p):
   np.testing.assert_array_equal(np.nonzero(freqs)[0], np.sort(keep))
 
 
+@pytest.mark.slow
 def test_filter_logits_keeps_top_token():
   logits = jnp.array([[5.0, 1.0, 0.0, -1.0]])
   np.testing.assert_array_equal(filter_logits(logits, top_p=0.01) > -1e30, [[1, 0, 0, 0]])
   np.testing.assert_array_equal(filter_logits(logits, top_k=2) > -1e30, [[1, 1, 0, 0]])
 
 
+@pytest.mark.slow
 def test_eos_stops_and_masks():
   params = _params(CONFIG, 0.15)
   prompts, pmask = _prompts(CONFIG, [4, 2, 3, 1, 4, 2, 3, 1], 4)
@@ -146,6 +151,7 @@ def test_eos_stops_and_masks():
     assert np.all(np.asarray(out.logprobs[i])[~live] == 0)
 
 
+@pytest.mark.slow
 def test_sharded_sampling_matches_unsharded():
   params = _params(CONFIG)
   prompts, pmask = _prompts(CONFIG, [5, 2, 3, 4, 1, 5, 2, 3], 5)

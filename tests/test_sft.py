@@ -19,6 +19,7 @@ def setup(config):
   return tx, jax.jit(step)
 
 
+@pytest.mark.slow
 def test_loss_matches_token_loop():
   config = tiny()
   tx, step = setup(config)
@@ -42,6 +43,7 @@ def test_loss_matches_token_loop():
   assert metrics['sft/tokens'] == count
 
 
+@pytest.mark.slow
 def test_eval_sums_average_exactly_over_batches():
   config = tiny()
   model = state.make_model(config, 'lm')
@@ -55,6 +57,7 @@ def test_eval_sums_average_exactly_over_batches():
                              mab['sft/loss_sum'] / mab['sft/tokens'], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_overfits_one_batch_and_reports_lr():
   config = tiny()
   tx, step = setup(config)
@@ -72,6 +75,7 @@ def test_overfits_one_batch_and_reports_lr():
 
 
 @pytest.mark.parametrize('dropout', [0.0, 0.1])
+@pytest.mark.slow
 def test_dropout_follows_rng(dropout):
   config = tiny(resid_dropout=dropout)
   tx, step = setup(config)

@@ -61,6 +61,7 @@ def test_rules_first_match_each_axis_once():
 
 @pytest.mark.parametrize('flavour', ['gpt3', 'llama'])
 @pytest.mark.parametrize('shape', MESHES)
+@pytest.mark.slow
 def test_sharded_forward_and_step_equal_unsharded(flavour, shape):
   config = tiny(flavour)
   model = state.make_model(config, 'lm')
@@ -94,6 +95,7 @@ def test_sharded_forward_and_step_equal_unsharded(flavour, shape):
     np.testing.assert_allclose(got, want, **TOL)
 
 
+@pytest.mark.slow
 def test_parameters_really_split():
   config = tiny('gpt3')
   mesh = mesh_of((1, 2, 4))

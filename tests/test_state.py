@@ -31,6 +31,7 @@ def test_create_train_state_starts_at_step_zero():
   np.testing.assert_allclose(s.params['w'], 1 - 1e-2, rtol=1e-6)  # Adam's first step is lr.
 
 
+@pytest.mark.slow
 def test_sharded_train_state_equals_unsharded_and_is_split():
   config, tx, rng = tiny(), optax.adam(1e-3), jax.random.key(3)
   mesh = mesh_of((2, 2, 2))
@@ -47,6 +48,7 @@ def test_sharded_train_state_equals_unsharded_and_is_split():
   assert mu.addressable_shards[0].data.shape == (config.vocab_size // 2, config.d_model // 2)
 
 
+@pytest.mark.slow
 def test_abstract_train_state_matches_created_state():
   config, tx = tiny(), optax.adam(1e-3)
   mesh = mesh_of((1, 2, 4))
@@ -61,6 +63,7 @@ def test_abstract_train_state_matches_created_state():
     assert a.sharding == sh == created
 
 
+@pytest.mark.slow
 def test_init_scalar_from_lm_copies_trunk_keeps_head():
   config = tiny()
   lm = reference_params(config, 'lm', jax.random.key(1))
@@ -78,6 +81,7 @@ def test_init_scalar_from_lm_copies_trunk_keeps_head():
   assert values.shape == (2, 8) and bool(jnp.all(jnp.isfinite(values)))
 
 
+@pytest.mark.slow
 def test_init_scalar_from_lm_refuses_other_geometry():
   lm = reference_params(tiny(d_model=64), 'lm', jax.random.key(0))
   scalar = reference_params(tiny(), 'scalar', jax.random.key(0))

@@ -28,6 +28,7 @@ def unsharded_case(name: str):
 
 @pytest.mark.parametrize('shape', [(2, 2, 2), (8, 1, 1)])
 @pytest.mark.parametrize('name', sorted(STEPS))
+@pytest.mark.slow
 def test_sharded_step_equals_unsharded(name, shape):
   step_fn, head, _ = STEPS[name]
   config, tx, batch, rng, ref_state, ref_metrics = unsharded_case(name)
