@@ -70,7 +70,8 @@ def test_reuse_is_refused_for_another_config_and_redone_for_new_inputs(tiny_worl
   again = stages.run(_pretrain(workdir))
   printed = capsys.readouterr().out
   assert "[pretrain] world changed since" in printed
-  assert f'[pretrain] running in {workdir / "pretrain"} on 8 x cpu' in printed  # the banner
+  # The banner: the stale stage is counted as it starts, and names its devices.
+  assert f'[pretrain] stage 1 of 1: running in {workdir / "pretrain"} on 8 x cpu' in printed
   assert again['finished'] != first['finished'] and again['steps'] == 2
   assert stages.run(_pretrain(workdir)) == again
 
