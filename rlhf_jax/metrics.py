@@ -14,10 +14,10 @@ being resumed and will be written again). Only process 0 writes anything.
 With a W&B project set (`wandb_run`), every sink of the stage also logs to that stage's W&B run.
 """
 import contextlib
-import hashlib
 import json
 import math
 import os
+import secrets
 import sys
 import time
 from collections.abc import Mapping
@@ -212,7 +212,7 @@ def wandb_run(stage_dir: str, project: str, name: str, config: Mapping[str, Any]
   if os.path.exists(id_path):
     run_id = open(id_path).read().strip()
   else:
-    run_id = hashlib.sha256(f'{os.path.abspath(stage_dir)} {time.time()}'.encode()).hexdigest()[:16]
+    run_id = secrets.token_hex(8)
     atomic.write_lines(id_path, [run_id + '\n'])
   run = wandb.init(project=project, id=run_id, resume='allow', name=name, dir=stage_dir,
                    config=_hparams(config))

@@ -198,8 +198,8 @@ def check_inputs(config: ml_collections.ConfigDict) -> None:
   """What a run of `config` checks before any input stage runs: the config (`config_lib.validate`)
   and those of its follow-up stages (`then`), and its fit to its inputs, completed or still to
   run with their configs (`dependency_config`): a model the stage loads from an input stage
-  (`_loaded_stages`) has that stage's geometry, and the reward model's k_max holds every ranking (the label stage's files, or the
-  sample stage's k_max when it is still to run).
+  (`_loaded_stages`) has that stage's geometry, and the reward model's k_max holds every
+  ranking (the label stage's files, or the sample stage's k_max when it is still to run).
 
   Raises:
     ConfigError: with a one-line message.
