@@ -23,6 +23,9 @@ def test_recipe_stage_validates_and_uses_user_inputs(path, stage, geometry, tmp_
   assert 'world' not in needs and 'pretrain' not in needs and 'sample' not in needs
   if config.stage in ('sft', 'sft_init'):
     assert config.init_from == f'hf:checkpoints/{geometry}'
+  # Training differentiates the model's own layer loop, as at the paper's geometries, not the
+  # unrolled one of the CPU presets the shipped configs load at.
+  assert not config.get('unroll_update_layers')
   if 'data' in config:
     assert config.data.tokenizer == f'checkpoints/{geometry}'
     assert config.data.seq_len <= config.model.max_len

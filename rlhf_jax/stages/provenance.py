@@ -23,8 +23,8 @@ from rlhf_jax import checkpoint, config_lib
 FILE = 'provenance.json'
 # Fields that change where a run writes, how often it reports and where its missing inputs'
 # configs are found, not what it computes (its inputs are compared by their digests).
-NOT_COMPARED = frozenset({'workdir', 'then', 'log_every', 'checkpoint_every', 'config_file', 'stage_configs',
-                          'wandb_project', 'rollout_table_every'})
+NOT_COMPARED = frozenset({'workdir', 'then', 'log_every', 'checkpoint_every', 'config_file',
+                          'stage_configs', 'wandb_project', 'rollout_table_every'})
 
 
 def digest(folder: str | pathlib.Path) -> str | None:
