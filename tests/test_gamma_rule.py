@@ -1,13 +1,12 @@
 """The App. E.6 rule of experiments/instructgpt_mini/gamma.py, on constructed runs."""
-import importlib.util
 import pathlib
+import sys
 
 import pytest
 
-_PATH = pathlib.Path(__file__).parents[1] / 'experiments' / 'instructgpt_mini' / 'gamma.py'
-_spec = importlib.util.spec_from_file_location('gamma_rule', _PATH)
-gamma = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gamma)
+# The experiment's scripts import each other as a script's folder does.
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / 'experiments' / 'instructgpt_mini'))
+import gamma  # noqa: E402
 
 
 def _summary(final_reward: float, final_nll: float, selected: int = 0) -> dict:

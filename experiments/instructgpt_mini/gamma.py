@@ -14,34 +14,13 @@ TOLERANCE, the one of highest validation reward. Nothing here reads the test pro
 held-out labelers or the eval stage.
 """
 import argparse
-import json
-import pathlib
-import subprocess
-import sys
+
+import sweep  # this folder's module
 
 # "Removed": within two standard errors of the validation-text NLL (4 batches of 64 x 128
 # tokens give about +-0.005 nats).
 TOLERANCE = 0.01
-
-
-def run_gamma(workdir: pathlib.Path, out: pathlib.Path, gamma: float, seed: int) -> dict:
-  """PPO-ptx at `gamma` from workdir's inputs (linked, never modified); its summary."""
-  command = [sys.executable, '-m', 'rlhf_jax.main', '--config=configs/ppo_ptx.py',
-             f'--workdir={out}', f'--reuse_from={workdir}', f'--config.seed={seed}',
-             f'--config.ptx_coef={gamma}',
-             # The best-of-n check depends on SFT and the RM only: the main job has it.
-             '--config.best_of_n=0', '--config.then=()']
-  print('$', ' '.join(command[1:]), flush=True)
-  subprocess.run(command, check=True)
-  return json.loads((out / 'ppo_ptx' / 'summary.json').read_text())
-
-
-def point(summary: dict) -> dict:
-  """The final iteration's validation reward and pretraining regression."""
-  start, final = summary['selection_curve'][0], summary['selection_curve'][-1]
-  return {'iteration': final['iteration'], 'valid_reward': final['valid/rm_score'],
-          'likert': final['valid/likert'], 'gold': final['valid/gold'], 'kl': final['valid/kl'],
-          'regression': final['valid/pretrain_loss'] - start['valid/pretrain_loss']}
+point = sweep.point
 
 
 def choose(points: dict[float, dict], tolerance: float = TOLERANCE) -> float | None:
@@ -57,16 +36,9 @@ def main():
   parser.add_argument('--gammas', default='0,1,3,10,27.8')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
-  workdir = pathlib.Path(args.workdir)
-  points = {}
-  for gamma in (float(g) for g in args.gammas.split(',')):
-    out = workdir.with_name(f'{workdir.name}_gamma') / f'{gamma:g}'
-    points[gamma] = point(run_gamma(workdir, out, gamma, args.seed))
-  print('| gamma | iteration | validation reward | Likert | gold | KL | pretraining regression |')
-  print('|---|---|---|---|---|---|---|')
-  for gamma, p in points.items():
-    print(f'| {gamma:g} | {p["iteration"]} | {p["valid_reward"]:.3f} | {p["likert"]:.2f} | '
-          f'{p["gold"]:.3f} | {p["kl"]:.2f} | {p["regression"]:+.4f} |')
+  points = sweep.sweep(sweep.parse_args(['--field=ptx_coef', f'--values={args.gammas}',
+                                         f'--workdir={args.workdir}', f'--seed={args.seed}']))
+  print(sweep.table('ptx_coef', points))
   print(f'\nchosen gamma (App. E.6 rule, tolerance {TOLERANCE}): {choose(points)}')
 
 
