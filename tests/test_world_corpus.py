@@ -56,3 +56,18 @@ def test_public_evals_are_well_formed_and_answerable():
     assert it['choices'][it['answer']] == lang.HOME[animal]
   for it in evals['story_recall']:
     assert it['choices'][it['answer']] in lang.words(it['context'])
+
+
+def test_instruction_mixture_answers_every_task_with_its_own_phrasings():
+  records = public_evals.instruction_mixture(seed=0, n=400)
+  assert records == public_evals.instruction_mixture(seed=0, n=400)
+  assert collections.Counter(r['meta']['task'] for r in records).keys() == public_evals.TASKS.keys()
+  for r in records:
+    assert tasks.parse(r['prompt']) is None  # not an API prompt of the world
+    if r['meta']['task'] == 'cloze_home':
+      animal = next(w for w in lang.words(r['prompt']) if w in lang.HOME)
+      assert r['completion'] == f'{lang.HOME[animal]}.'
+    if r['meta']['task'] == 'sentiment':
+      review = r['prompt'].split('overall it was')[0]  # the options name both answers
+      good = any(w in lang.POSITIVE for w in lang.words(review))
+      assert r['completion'] == ('good.' if good else 'bad.')

@@ -61,3 +61,28 @@ def public_evals(seed: int, n_items: int = 200, n_heldout_docs: int = 500) -> di
   for name, make in TASKS.items():
     evals[name] = [make(rng) for _ in range(n_items)]
   return evals
+
+
+# A FLAN / T0 analog's training data (paper 4.2, Fig. 5): the tasks above cast as instructions,
+# with phrasings of their own (none is an API prompt of this world) and the right choice as the
+# completion, as FLAN and T0 turned public NLP datasets into instruction mixtures.
+MIXTURE_TEMPLATES = (
+    'complete the text: {context}',
+    '{context} ... choose from: {options}.',
+    'which word comes next? {context} options: {options}.',
+)
+
+
+def instruction_mixture(seed: int, n: int) -> list[dict]:
+  """[{"prompt", "completion", "meta": {"task"}}] * n: TASKS' items, a task and a template drawn
+  uniformly for each, answered with the right choice."""
+  rng = random.Random(seed)
+  records = []
+  for _ in range(n):
+    task = rng.choice(sorted(TASKS))
+    item = TASKS[task](rng)
+    prompt = rng.choice(MIXTURE_TEMPLATES).format(context=item['context'],
+                                                  options=', '.join(item['choices']))
+    records.append({'prompt': prompt, 'completion': f'{item["choices"][item["answer"]]}.',
+                    'meta': {'task': task}})
+  return records
