@@ -71,7 +71,7 @@ def recipe(dataset: str, config_file: str, arg: str | None):
   c.model.remat = 'full'
   # The shipped configs load at the mini world's CPU geometry, whose training steps unroll the
   # layer loop (config_lib.base_config); unrolled, a 1B model's update keeps every layer's
-  # activations at once (the HH PPO-ptx update: 21.0 GiB per v5e chip, not a fit).
+  # activations at once (the HH PPO-ptx update: 21.0 GiB per v5e chip, 9.4 with the loop).
   c.unroll_update_layers = False
   if 'data' in c:
     c.data.seq_len, c.data.prompt_len, c.data.response_len = seq_len, prompt_len, seq_len - prompt_len
