@@ -1,12 +1,16 @@
 """One PPO iteration on the fixed workload of issue 8, split into its phases.
 
-  python experiments/bench/ppo_iteration.py --geometry tiny|small [--iters 5]
+  python experiments/bench/ppo_iteration.py --geometry tiny|small [--iters 5] [--data 1]
+
+`--data N` splits every phase's rows over N devices (the mesh's data axis); on a CPU host, give
+it N devices first: XLA_FLAGS=--xla_force_host_platform_device_count=N.
 
 Workload: 64 prompts of exactly 32 tokens; 32 sampled tokens each (temperature 1, no early
 stop); policy and reference log-probs, RM score and values over the 64 sequences; GAE; one epoch
 of 4 minibatches of 16 (4 policy and 4 value optimizer updates); fixed KL coefficient 0.02; fp32;
 policy, reference, RM and value of the same geometry, random weights. It runs the three jitted
-phases the ppo stage runs (`stages.ppo.phases`: generate, score, train) on one CPU device.
+phases the ppo stage runs (`stages.ppo.phases`: generate, score, train) on one CPU device, or on
+`--data` of them.
 
 Prints the median seconds per iteration after warm-up, episodes per second, the phase split,
 and model FLOP/s against the float32 matmul peak measured in the same run (timing.py).
@@ -31,11 +35,11 @@ from rlhf_jax.stages import ppo as ppo_stage  # noqa: E402
 EPISODES, MINIBATCH, PROMPT_LEN, RESPONSE_LEN = 64, 16, 32, 32
 
 
-def workload_config(geometry: str):
-  """configs/ppo.py for `geometry`, set to the issue's workload."""
+def workload_config(geometry: str, data: int = 1):
+  """configs/ppo.py for `geometry`, set to the issue's workload, its rows over `data` devices."""
   c = config_lib.load_config(f'{config_lib.CONFIG_DIR}/ppo.py:{geometry}')
   c.reward_model = config_lib.model_config_dict(geometry)
-  c.mesh.update(dict(data=1, fsdp=1, tensor=1))
+  c.mesh.update(dict(data=data, fsdp=1, tensor=1))
   c.batch_size, c.minibatch_size, c.ppo_epochs = EPISODES, MINIBATCH, 1
   c.data.prompt_len, c.data.response_len = PROMPT_LEN, RESPONSE_LEN
   c.data.seq_len = PROMPT_LEN + RESPONSE_LEN
@@ -67,13 +71,18 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--geometry', default='tiny', choices=config_lib.CPU_PRESETS)
   parser.add_argument('--iters', type=int, default=5, help='timed iterations after 2 warm-up')
+  parser.add_argument('--data', type=int, default=1, help='devices the rows are split over')
   args = parser.parse_args()
-  config = workload_config(args.geometry)
+  if len(jax.devices()) < args.data:
+    parser.error(f'--data {args.data} needs {args.data} devices, this host has '
+                 f'{len(jax.devices())} (XLA_FLAGS=--xla_force_host_platform_device_count=N)')
+  config = workload_config(args.geometry, args.data)
   settings = ppo_stage.settings_from_config(config, eos_id=None, pad_id=0)
-  mesh = sharding.make_mesh(dict(config.mesh), jax.devices()[:1])
+  mesh = sharding.make_mesh(dict(config.mesh), jax.devices()[:args.data])
   print(f'machine: {timing.machine()}; jax {jax.__version__}; geometry {args.geometry}; '
         f'{EPISODES} episodes x ({PROMPT_LEN} + {RESPONSE_LEN}) tokens, '
-        f'{EPISODES // MINIBATCH} minibatches of {MINIBATCH}', flush=True)
+        f'{EPISODES // MINIBATCH} minibatches of {MINIBATCH}, over {args.data} device(s)',
+        flush=True)
   peak = timing.matmul_peak_flops()
   print(f'measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s', flush=True)
 
