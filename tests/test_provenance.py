@@ -98,6 +98,16 @@ def test_an_interrupted_forced_run_resumes_unless_its_config_changed(tiny_world,
   assert recorded['config']['total_steps'] == 1
 
 
+def test_an_eval_elsewhere_links_every_complete_policy_stage(tmp_path):
+  source = tmp_path / 'source'
+  for stage in ('data', 'pretrain', 'sft', 'ppo_ptx'):
+    (source / stage).mkdir(parents=True)
+    (source / stage / checkpoint.SUMMARY_FILE).write_text('{}')
+  (source / 'ppo').mkdir()  # interrupted: not linked
+  config = stage_config('eval', tmp_path / 'eval')
+  assert stages.link_inputs(config, str(source)) == ['data', 'pretrain', 'sft', 'ppo_ptx']
+
+
 @pytest.mark.slow
 def test_a_sweep_links_the_finished_inputs_and_trains_only_its_stage(inputs, configs, tmp_path):
   before = {p: p.read_bytes() for p in sorted(inputs.rglob('*')) if p.is_file()}

@@ -143,10 +143,10 @@ def inputs(config: ml_collections.ConfigDict) -> dict[str, pathlib.Path]:
 
 def link_inputs(config: ml_collections.ConfigDict, source_workdir: str) -> list[str]:
   """Links into `config.workdir` every complete stage of `source_workdir` that `config.stage`
-  reads, directly or through its inputs, where the workdir has none: a sweep over one stage's
-  settings then trains only that stage (and what follows it). The links are folders the workdir
-  only reads; a stage run again in it (forced, or made stale) replaces its link, never the
-  source. Returns the folders linked.
+  reads (the eval stage: its policies too), directly or through its inputs, where the workdir has
+  none: a sweep over one stage's settings then trains only that stage (and what follows it). The
+  links are folders the workdir only reads; a stage run again in it (forced, or made stale)
+  replaces its link, never the source. Returns the folders linked.
 
   Raises:
     WorkdirError: `source_workdir` is the workdir itself.
@@ -155,6 +155,8 @@ def link_inputs(config: ml_collections.ConfigDict, source_workdir: str) -> list[
   if source == pathlib.Path(config.workdir).resolve():
     raise WorkdirError(f'--reuse_from={source_workdir} is the workdir itself')
   wanted, todo = set(), list(needs(config))
+  if config.stage == 'eval':  # it evaluates every policy whose stage is complete
+    todo += [stage for stage in eval_stage.policy_stages(config).values() if stage in NEEDS]
   while todo:
     stage = todo.pop()
     if stage not in wanted:
