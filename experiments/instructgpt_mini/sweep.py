@@ -18,6 +18,9 @@ reads the test prompts, the held-out labelers or the eval stage.
 
 Paper: beta 0.01-0.02 best, 0 and 2 poor (E.7); gamma removes the regressions on public NLP
 data at a small cost in validation reward (E.6), 27.8 at 1.3B.
+
+Wall time on the 2-core CPU (2026-12-02, two values at once, one per core): 16-17 minutes per
+value at the main job's settings, after the main job.
 """
 import argparse
 import json
