@@ -19,8 +19,8 @@ def _summary(final_reward: float, final_nll: float, selected: int = 0) -> dict:
 
 def test_point_reads_the_final_iteration_against_iteration_0():
   point = gamma.point(_summary(0.7, 1.13))
-  assert point['iteration'] == 16 and point['valid_reward'] == 0.7
-  assert point['regression'] == pytest.approx(0.03)
+  assert point['final']['iteration'] == 16 and point['final']['valid/rm_score'] == 0.7
+  assert point['final']['regression'] == pytest.approx(0.03)
 
 
 def test_choose_takes_the_best_reward_among_gammas_without_regression():

@@ -25,8 +25,8 @@ SUMMARY = {'checkpoint_step': 8,
 
 def test_point_reads_the_final_and_the_selected_iteration_against_iteration_0():
   point = sweep.point(SUMMARY)
-  assert point['iteration'] == 16 and point['valid_reward'] == 0.9
-  assert point['regression'] == pytest.approx(0.1)
+  assert point['final']['iteration'] == 16 and point['final']['valid/rm_score'] == 0.9
+  assert point['final']['regression'] == pytest.approx(0.1)
   assert point['selected']['iteration'] == 8
   assert point['selected']['regression'] == pytest.approx(0.02)
   assert point['selected']['valid/win_rate_vs_sft'] == pytest.approx(0.45)

@@ -42,10 +42,6 @@ def write_mixture(data: pathlib.Path, sizes: dict[str, int], seed: int) -> dict[
   return paths
 
 
-def _lines(path: pathlib.Path) -> int:
-  return sum(1 for line in path.read_text().splitlines() if line.strip())
-
-
 def _main(*args: str) -> None:
   command = [sys.executable, '-m', 'rlhf_jax.main', *args]
   print('$', ' '.join(command[1:]), flush=True)
@@ -56,8 +52,8 @@ def run(workdir: pathlib.Path, seed: int, overrides: tuple[str, ...] = ()) -> di
   """Trains the FLAN analog and evaluates it with the workdir's policies; the eval report."""
   flan = workdir.with_name(f'{workdir.name}_{NAME}')
   evaluation = workdir.with_name(f'{workdir.name}_{NAME}_eval')
-  sizes = {split: _lines(workdir / 'data' / f'demonstrations_sft_{split}.jsonl')
-           for split in SPLITS}
+  sizes = {split: len(records.read_records(workdir / 'data' / f'demonstrations_sft_{split}.jsonl',
+                                            'demonstrations')) for split in SPLITS}
   paths = write_mixture(flan / 'mixture', sizes, seed)
   extra = [f'--config.seed={seed}', *(f'--{o}' for o in overrides)]
   _main('--config=configs/sft.py', f'--workdir={flan}', f'--reuse_from={workdir}',

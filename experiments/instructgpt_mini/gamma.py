@@ -26,8 +26,9 @@ point = sweep.point
 def choose(points: dict[float, dict], tolerance: float = TOLERANCE) -> float | None:
   """App. E.6: of the gammas whose regression is removed, the one of highest validation reward
   (None when no gamma removes it)."""
-  ok = {g: p for g, p in points.items() if p['regression'] <= tolerance}
-  return max(ok, key=lambda g: ok[g]['valid_reward']) if ok else None
+  final = {g: p['final'] for g, p in points.items()}
+  ok = {g: p for g, p in final.items() if p['regression'] <= tolerance}
+  return max(ok, key=lambda g: ok[g]['valid/rm_score']) if ok else None
 
 
 def main():

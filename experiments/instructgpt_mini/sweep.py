@@ -61,19 +61,17 @@ def run(workdir: pathlib.Path, field: str, value: float, seed: int,
 
 
 def point(summary: dict) -> dict:
-  """The final and the selected iteration's validation figures, each with its pretraining
-  regression (validation-text NLL minus iteration 0's); the final one's also at top level."""
+  """{'final': figures, 'selected': figures} of a run's validation curve: each iteration's
+  COLUMNS and its pretraining regression (validation-text NLL minus iteration 0's)."""
   curve = summary['selection_curve']
-  start = curve[0]
 
   def figures(p: dict) -> dict:
-    return {'iteration': p['iteration'], 'valid_reward': p['valid/rm_score'],
-            'likert': p['valid/likert'], 'gold': p['valid/gold'], 'kl': p['valid/kl'],
-            'regression': p['valid/pretrain_loss'] - start['valid/pretrain_loss'],
+    return {'iteration': p['iteration'],
+            'regression': p['valid/pretrain_loss'] - curve[0]['valid/pretrain_loss'],
             **{key: p[key] for key, _, _ in COLUMNS if key in p}}
 
   selected = next((p for p in curve if p['iteration'] == summary.get('checkpoint_step')), curve[-1])
-  return {**figures(curve[-1]), 'selected': figures(selected)}
+  return {'final': figures(curve[-1]), 'selected': figures(selected)}
 
 
 def table(field: str, points: dict[float, dict]) -> str:
@@ -81,7 +79,7 @@ def table(field: str, points: dict[float, dict]) -> str:
   head = [NAMES[field], 'iteration', *(name for _, name, _ in COLUMNS), 'pretraining regression']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for value, p in points.items():
-    for label, figures in (('final', p), ('selected', p['selected'])):
+    for label, figures in p.items():
       cells = [f'{value:g}', f'{figures["iteration"]} ({label})',
                *(format(figures[key], fmt) if key in figures else '-' for key, _, fmt in COLUMNS),
                f'{figures["regression"]:+.4f}']
