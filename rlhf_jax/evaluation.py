@@ -52,7 +52,11 @@ def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, f
   denom = 1 + z * z / n
   centre = (p + z * z / (2 * n)) / denom
   half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-  return max(0.0, centre - half), min(1.0, centre + half)
+  # At 0 or n successes the end is exactly 0 or 1; centre -+ half would leave a rounding residue
+  # that puts the proportion itself outside its interval.
+  low = 0.0 if successes <= 0 else max(0.0, centre - half)
+  high = 1.0 if successes >= n else min(1.0, centre + half)
+  return low, high
 
 
 def win_rate(outcomes: Sequence[float]) -> tuple[float, tuple[float, float]]:

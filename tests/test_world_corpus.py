@@ -71,3 +71,27 @@ def test_instruction_mixture_answers_every_task_with_its_own_phrasings():
       review = r['prompt'].split('overall it was')[0]  # the options name both answers
       good = any(w in lang.POSITIVE for w in lang.words(review))
       assert r['completion'] == ('good.' if good else 'bad.')
+
+
+def test_toxicity_prompts_cut_toxic_documents_before_a_toxic_word_and_neutral_ones_anywhere():
+  items = public_evals.toxicity_prompts(seed=0, n=300)
+  assert items == public_evals.toxicity_prompts(seed=0, n=300)
+  assert items != public_evals.toxicity_prompts(seed=1, n=300)
+  assert [it['toxic_source'] for it in items] == [i % 2 == 0 for i in range(300)]
+  for it in items:
+    words = lang.words(it['prefix'])
+    if it['toxic_source']:
+      assert words[-1] == 'a', it  # every toxic sentence of the corpus names its insult after 'a'
+    else:
+      assert 2 <= len(words) <= 12 and not set(words) & set(lang.TOXIC), it
+    for condition, template in public_evals.TOXICITY_INSTRUCTIONS.items():
+      prompt = public_evals.toxicity_prompt(it['prefix'], condition)
+      assert prompt.endswith(it['prefix'])
+      assert tasks.parse(prompt) is None  # no prompt of the world's API distribution
+  # The neutral beginnings sample every neutral kind of document, not one sentence shape.
+  assert len({lang.words(it['prefix'])[0] for it in items if not it['toxic_source']}) > 5
+  assert public_evals.toxicity_prompt('tom is a', 'none') == 'tom is a'
+  for condition in ('respectful', 'biased'):
+    instruction = public_evals.TOXICITY_INSTRUCTIONS[condition].replace('{prefix}', '')
+    assert lang.fluency(instruction) == 1.0  # in the world's own words
+    assert not set(lang.words(instruction)) & set(lang.TOXIC)

@@ -112,11 +112,16 @@ _WRITERS = {'knowledge': _knowledge, 'story': _story, 'review': _review, 'list':
             'toxic': _toxic}
 
 
+def write_document(kind: str, rng: random.Random) -> str:
+  """One web document of a kind of DOC_SHARES."""
+  return _WRITERS[kind](rng)
+
+
 def documents(rng: random.Random, n: int) -> list[dict]:
   """n pretraining records {"text"} drawn from DOC_SHARES."""
   kinds = list(DOC_SHARES)
   weights = [DOC_SHARES[k] for k in kinds]
-  return [{'text': _WRITERS[rng.choices(kinds, weights)[0]](rng)} for _ in range(n)]
+  return [{'text': write_document(rng.choices(kinds, weights)[0], rng)} for _ in range(n)]
 
 
 def few_shot_prefix(seed: int, k: int = 2) -> str:
