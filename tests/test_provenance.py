@@ -108,6 +108,20 @@ def test_an_eval_elsewhere_links_every_complete_policy_stage(tmp_path):
   assert stages.link_inputs(config, str(source)) == ['data', 'pretrain', 'sft', 'ppo_ptx']
 
 
+@pytest.mark.parametrize('stage', ['sft', 'sft_rm', 'rm'])
+def test_a_stage_started_from_a_folder_still_reads_and_links_the_world(stage, tmp_path):
+  source = tmp_path / 'source'
+  for folder in ('data', 'pretrain', 'pretrain_rm', 'samples', 'labels'):
+    (source / folder).mkdir(parents=True)
+    (source / folder / checkpoint.SUMMARY_FILE).write_text('{}')
+  config = stage_config(stage, tmp_path / 'run')
+  config.init_from = str(tmp_path / 'elsewhere' / 'sft')
+  assert 'world' in stages.needs(config) and stages.INIT_STAGES[stage] not in stages.needs(config)
+  assert 'data' in stages.link_inputs(config, str(source))
+  config.data.tokenizer = str(tmp_path / 'user_tokenizer')  # user data: no world at all
+  assert 'world' not in stages.needs(config)
+
+
 @pytest.mark.slow
 def test_a_sweep_links_the_finished_inputs_and_trains_only_its_stage(inputs, configs, tmp_path):
   before = {p: p.read_bytes() for p in sorted(inputs.rglob('*')) if p.is_file()}

@@ -52,13 +52,11 @@ def rl_points(stage_dir: pathlib.Path) -> dict[str, np.ndarray] | None:
           'proxy': np.array([p['valid/rm_score'] - curve[0]['valid/rm_score'] for p in curve])}
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--runs', required=True, help='NAME=PPO_STAGE_DIR, comma-separated')
-  parser.add_argument('--out', default='.')
-  args = parser.parse_args()
-  runs = dict(item.split('=', 1) for item in args.runs.split(','))
+def report(runs: dict[str, str], out: pathlib.Path) -> list[dict]:
+  """Prints the fits' table for the PPO stage folders `runs` (name -> folder) and plots their
+  points and curves into out/overoptimisation.png; the table's rows as dicts."""
   print('| run | method | reward | alpha | beta | gold peak d* | points |\n|---|---|---|---|---|---|---|')
+  rows = []
   # Gold (utility, about 0..1) and proxy (RM logits) have different scales: one row each.
   fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex='col')
   for name, folder in runs.items():
@@ -71,6 +69,8 @@ def main():
         peak = curve.peak if reward == 'gold' else None
         print(f'| {name} | {form} | {reward} | {curve.alpha:.4f} | {curve.beta:.4f} | '
               f'{"-" if peak is None else f"{peak:.2f}"} | {len(points["d"])} |')
+        rows.append({'run': name, 'form': form, 'reward': reward, 'alpha': curve.alpha,
+                     'beta': curve.beta, 'peak': peak, 'points': len(points['d'])})
         ax = axes[row][col]
         line, = ax.plot(points['d'], points[reward], 'o', label=name)
         grid = np.linspace(0, points['d'].max(), 100)
@@ -84,10 +84,19 @@ def main():
       ax.axhline(0, color='grey', linewidth=0.5)
       if ax.lines:
         ax.legend(fontsize=8)
-  out = pathlib.Path(args.out) / 'overoptimisation.png'
+  path = out / 'overoptimisation.png'
   fig.tight_layout()
-  fig.savefig(out, dpi=120)
-  print(f'\nplot: {out}')
+  fig.savefig(path, dpi=120)
+  print(f'\nplot: {path}')
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--runs', required=True, help='NAME=PPO_STAGE_DIR, comma-separated')
+  parser.add_argument('--out', default='.')
+  args = parser.parse_args()
+  report(dict(item.split('=', 1) for item in args.runs.split(',')), pathlib.Path(args.out))
 
 
 if __name__ == '__main__':

@@ -103,7 +103,8 @@ def dependency_config(config: ml_collections.ConfigDict, stage: str) -> ml_colle
 def needs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The stages `config.stage` reads, less those whose output the config supplies itself: an
   `init_from` other than the default (a Hugging Face folder, a checkpoint folder or another
-  stage) replaces the default init stage, a user tokenizer (with user data) replaces the mini
+  stage) replaces the default init stage (a folder's model leaves the world's data still to
+  read), a user tokenizer (with user data) replaces the mini
   'world', and imported human rankings replace 'sample'."""
   supplied, instead = set(), ()
   init_from = str(config.get('init_from', ''))
@@ -112,6 +113,10 @@ def needs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     supplied.add(default_init)
     if init_from in NEEDS and init_from not in NEEDS[config.stage]:
       instead = (init_from,)  # another stage's model (a recipe's RM starts from 'sft')
+    elif init_from not in NEEDS:
+      # A folder's model: the default init stage no longer leads to the world, whose data and
+      # tokenizer every training stage reads itself.
+      instead = ('world',)
   if str(config.get('reward_from') or 'rm') != 'rm':  # another folder's reward model
     supplied.add('rm')
   data = config.get('data') or {}
@@ -121,7 +126,7 @@ def needs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     supplied.add('sample')
   if config.get('valid_prompts') and config.baseline_from in NEEDS:
     instead += (config.baseline_from,)
-  return tuple(n for n in NEEDS[config.stage] if n not in supplied) + instead
+  return tuple(dict.fromkeys(n for n in NEEDS[config.stage] + instead if n not in supplied))
 
 
 def inputs(config: ml_collections.ConfigDict) -> dict[str, pathlib.Path]:
