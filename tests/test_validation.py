@@ -62,3 +62,8 @@ def test_best_of_n_picks_the_rm_favourite_and_judges_it():
   assert validation.best_of_n([empty, wrong], vset, [''] * 40)['2']['win_rate_vs_sft'] == 0.5
   by_gold = validation.best_of_n([empty, wrong], vset, [''] * 40, pick_by='gold')
   assert by_gold['2'] == {**result['2'], 'rm_score': -1.0}
+  # Every power of two up to the samples drawn: 64 samples check n = 1 ... 64 (Gao et al.).
+  many = validation.best_of_n([empty] * 63 + [ideal], vset, [''] * 40)
+  assert sorted(many, key=int) == ['1', '2', '4', '8', '16', '32', '64']
+  assert many['32']['rm_score'] == 0.0 and many['64']['rm_score'] == 1.0
+  assert sorted(validation.best_of_n([empty] * 12, vset, [''] * 40), key=int) == ['1', '2', '4', '8']

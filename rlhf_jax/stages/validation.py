@@ -31,8 +31,6 @@ from rlhf_jax.stages import common
 from rlhf_jax.stages import eval as eval_stage
 from rlhf_jax.world import build, labelers
 
-# Best-of-n sizes reported by the check (KL to the sampling policy: log n - (n - 1) / n).
-BEST_OF = (1, 2, 4, 8, 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +176,8 @@ def best_of_n_kl(n: int) -> float:
 
 def best_of_n(samples: list[Responses], vset: ValidationSet, baseline: list[str],
               pick_by: str = 'rm') -> dict[str, dict[str, float]]:
-  """The best-of-n check: for each n in BEST_OF, the favourite among the first n samples of
-  each prompt, judged like a policy against the baseline.
+  """The best-of-n check: for n = 1, 2, 4, ... up to the number of samples, the favourite
+  among the first n samples of each prompt, judged like a policy against the baseline.
 
   Args:
     samples: n_max independent Responses of the same policy to `vset`.
@@ -195,9 +193,7 @@ def best_of_n(samples: list[Responses], vset: ValidationSet, baseline: list[str]
   scores = np.stack([s.scores for s in samples])  # [n_max, N]
   rank = scores if pick_by == 'rm' else np.stack([vset.gold(s.texts) for s in samples])
   out = {}
-  for n in BEST_OF:
-    if n > len(samples):
-      break
+  for n in (2 ** k for k in range(len(samples).bit_length())):
     pick = np.argmax(rank[:n], axis=0)  # [N]
     chosen = Responses([samples[k].texts[i] for i, k in enumerate(pick)],
                        scores[pick, np.arange(scores.shape[1])], np.full(len(pick), np.nan))
