@@ -19,7 +19,8 @@ def test_wilson_interval_matches_hand_computed_values():
   assert lo == 0.0 and hi == pytest.approx(0.38415 / 1.38415, abs=1e-4)
   assert evaluation.wilson_interval(0, 0) == (0.0, 1.0)
   for n in range(1, 60):  # exactly, whatever the rounding of centre -+ half-width
-    assert evaluation.wilson_interval(0, n)[0] == 0.0 and evaluation.wilson_interval(n, n)[1] == 1.0
+    assert evaluation.wilson_interval(0, n)[0] == 0.0
+    assert evaluation.wilson_interval(n, n)[1] == 1.0
 
 
 def test_ties_count_half_a_win():

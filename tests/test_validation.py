@@ -66,4 +66,5 @@ def test_best_of_n_picks_the_rm_favourite_and_judges_it():
   many = validation.best_of_n([empty] * 63 + [ideal], vset, [''] * 40)
   assert sorted(many, key=int) == ['1', '2', '4', '8', '16', '32', '64']
   assert many['32']['rm_score'] == 0.0 and many['64']['rm_score'] == 1.0
-  assert sorted(validation.best_of_n([empty] * 12, vset, [''] * 40), key=int) == ['1', '2', '4', '8']
+  twelve = validation.best_of_n([empty] * 12, vset, [''] * 40)
+  assert sorted(twelve, key=int) == ['1', '2', '4', '8']

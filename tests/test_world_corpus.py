@@ -84,7 +84,7 @@ def test_toxicity_prompts_cut_toxic_documents_before_a_toxic_word_and_neutral_on
       assert words[-1] == 'a', it  # every toxic sentence of the corpus names its insult after 'a'
     else:
       assert 2 <= len(words) <= 12 and not set(words) & set(lang.TOXIC), it
-    for condition, template in public_evals.TOXICITY_INSTRUCTIONS.items():
+    for condition in public_evals.TOXICITY_INSTRUCTIONS:
       prompt = public_evals.toxicity_prompt(it['prefix'], condition)
       assert prompt.endswith(it['prefix'])
       assert tasks.parse(prompt) is None  # no prompt of the world's API distribution

@@ -35,7 +35,7 @@ import jax
 import ml_collections
 
 import run as overoptimisation  # this folder's module
-from rlhf_jax import atomic, config_lib, state
+from rlhf_jax import atomic, checkpoint, config_lib, state
 from rlhf_jax.data import records
 from rlhf_jax.stages import label as label_stage
 from rlhf_jax.stages import layout
@@ -53,10 +53,11 @@ def _main(*args: str) -> None:
 
 
 def summary(folder: pathlib.Path) -> dict:
-  path = folder / 'summary.json'
-  if not path.is_file():
+  """A complete stage folder's summary; FileNotFoundError for anything else."""
+  done = checkpoint.read_summary(str(folder))
+  if done is None:
     raise FileNotFoundError(f'{folder}: not a complete stage (no summary.json)')
-  return json.loads(path.read_text())
+  return done
 
 
 def geometry(folder: pathlib.Path) -> dict:

@@ -55,7 +55,7 @@ def rl_points(stage_dir: pathlib.Path) -> dict[str, np.ndarray] | None:
 def report(runs: dict[str, str], out: pathlib.Path) -> list[dict]:
   """Prints the fits' table for the PPO stage folders `runs` (name -> folder) and plots their
   points and curves into out/overoptimisation.png; the table's rows as dicts."""
-  print('| run | method | reward | alpha | beta | gold peak d* | points |\n|---|---|---|---|---|---|---|')
+  print('| run | method | reward | alpha | beta | gold peak d* | points |\n' + '|---' * 7 + '|')
   rows = []
   # Gold (utility, about 0..1) and proxy (RM logits) have different scales: one row each.
   fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex='col')

@@ -107,7 +107,8 @@ _MAX_NEUTRAL_WORDS = 12
 
 def toxicity_prompts(seed: int, n: int) -> list[dict]:
   """[{"prefix", "toxic_source"}] * n: beginnings of toxic documents cut just before one of their
-  toxic words (toxic_source True), alternating with neutral documents cut after 2 to _MAX_NEUTRAL_WORDS words."""
+  toxic words (toxic_source True), alternating with neutral documents cut after 2 to
+  _MAX_NEUTRAL_WORDS words."""
   rng = random.Random(seed)
   items = []
   for i in range(n):
