@@ -1,7 +1,7 @@
 """InstructGPT-mini: the main job for several seeds, with PPO, PPO-ptx, SFT and the base models.
 
   python experiments/instructgpt_mini/run.py [--workdir runs/instructgpt_mini] [--seeds 0,1,2]
-                                             [--ppo] [--large_base]
+                                             [--ppo] [--large_base] [--large_policy]
 
 For each seed, in <workdir>_seed<seed>, runs as a user would (`python -m rlhf_jax.main`, each
 stage skipped when already complete; the seed reaches every stage, the world included):
@@ -10,7 +10,11 @@ stage skipped when already complete; the seed reaches every stage, the world inc
   2. with --ppo, configs/ppo.py: PPO (gamma 0) from the same sft_init and reward model;
   3. with --large_base, configs/pretrain.py with a larger geometry (8 layers, d_model 256) in
      <workdir>_seed<seed>_8x, on the same world and token budget, evaluated as `gpt_8x`;
-  4. configs/eval.py again when 2 or 3 added a policy.
+  4. with --large_policy (implies --large_base), the policy's pipeline at that geometry in the
+     same folder: sft, sft_init and PPO-ptx scored by the main job's reward model (the paper
+     used one 6B RM for every policy size), then that folder's eval stage (its policies against
+     its own SFT); in the main workdir they are evaluated as `sft_8x` and `ppo_ptx_8x`;
+  5. configs/eval.py again when 2, 3 or 4 added a policy.
 Then prints, per seed, the report's table, the reward model's accuracy by labeler pool and
 prompt split, the best-of-n check and PPO-ptx's selection curve (README.md keeps the measured
 ones), and writes <workdir>_seed<seed>/eval/ppo_curves.png.
@@ -30,7 +34,8 @@ from rlhf_jax import stages  # noqa: E402
 
 # The 8x base model: twice the layers and twice the width of `tiny` (4 layers, d_model 128).
 LARGE = {'n_layers': 8, 'd_model': 256, 'n_heads': 8, 'd_ff': 1024}
-POLICIES = ('gpt', 'gpt_8x', 'gpt_prompted', 'sft', 'ppo', 'ppo_ptx')
+LARGE_ARGS = tuple(f'--config.model.{field}={value}' for field, value in LARGE.items())
+POLICIES = ('gpt', 'gpt_8x', 'gpt_prompted', 'sft', 'sft_8x', 'ppo', 'ppo_ptx', 'ppo_ptx_8x')
 RM_SETS = ('valid_train', 'valid_heldout', 'test_train', 'test_heldout')
 
 
@@ -127,27 +132,48 @@ def wall_times(workdir: pathlib.Path) -> str:
           + f' | {sum(seconds.values()):.0f} |')
 
 
+def large_pipeline(configs: str, workdir: pathlib.Path, seed: int, policy: bool) -> list[str]:
+  """The 8x base model, and with `policy` its SFT, sft_init and PPO-ptx scored by `workdir`'s
+  reward model and evaluated against that SFT, in <workdir>_8x; returns their `extra_policies`
+  entries for the main workdir's eval stage."""
+  large = workdir.with_name(workdir.name + '_8x')
+  reuse = f'--reuse_from={workdir}'  # the world's data, not remade
+  main_job(f'{configs}/pretrain.py', large, seed, reuse, *LARGE_ARGS)
+  extra = [f'gpt_8x={large / "pretrain"}']
+  if policy:
+    # Stage by stage, the eval too: a dependency or follow-up the CLI ran by itself would get its
+    # config's geometry.
+    for stage in ('sft', 'sft_init'):
+      main_job(f'{configs}/{stage}.py', large, seed, *LARGE_ARGS)
+    main_job(f'{configs}/ppo_ptx.py', large, seed, *LARGE_ARGS,
+             f'--config.reward_from={(workdir / "rm").resolve()}', '--config.then=()')
+    main_job(f'{configs}/eval.py', large, seed, *LARGE_ARGS)
+    extra += [f'sft_8x={large / "sft"}', f'ppo_ptx_8x={large / "ppo_ptx"}']
+  return extra
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', default='runs/instructgpt_mini')
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--ppo', action='store_true', help='also PPO without the ptx term')
   parser.add_argument('--large_base', action='store_true', help='also an 8x base model')
+  parser.add_argument('--large_policy', action='store_true',
+                      help='also SFT and PPO-ptx at the 8x geometry with the same reward model')
+  parser.add_argument('--configs', default='configs', help='the folder of the stage configs')
   args = parser.parse_args()
   base = pathlib.Path(args.workdir)
   for seed in (int(s) for s in args.seeds.split(',')):
     workdir = base.with_name(f'{base.name}_seed{seed}')
-    main_job('configs/ppo_ptx.py', workdir, seed)
+    main_job(f'{args.configs}/ppo_ptx.py', workdir, seed)
     extra = []
     if args.ppo:
-      main_job('configs/ppo.py', workdir, seed)
-    if args.large_base:
-      large = workdir.with_name(workdir.name + '_8x')
-      main_job('configs/pretrain.py', large, seed,
-               *(f'--config.model.{field}={value}' for field, value in LARGE.items()))
-      extra.append(f'--config.extra_policies=gpt_8x={large / "pretrain"}')
-    if args.ppo or args.large_base:
-      main_job('configs/eval.py', workdir, seed, *extra, '--force')
+      main_job(f'{args.configs}/ppo.py', workdir, seed)
+    if args.large_base or args.large_policy:
+      extra = large_pipeline(args.configs, workdir, seed, args.large_policy)
+    if args.ppo or extra:
+      main_job(f'{args.configs}/eval.py', workdir, seed,
+               f'--config.extra_policies={",".join(extra)}', '--force')
     ppo_curves(workdir, workdir / 'eval' / 'ppo_curves.png')
     report = json.loads((workdir / 'eval' / 'report.json').read_text())
     ppo = summary(workdir, 'ppo_ptx')
@@ -156,6 +182,12 @@ def main():
           f'{best_of_n(ppo)}\n\nPPO-ptx selection curve (validation, EMA policy):\n\n'
           f'{selection(ppo)}\n\nWall time per stage (s):\n\n{wall_times(workdir)}\n\n'
           f'curves: {workdir / "eval" / "ppo_curves.png"}', flush=True)
+    if args.large_policy:
+      large = workdir.with_name(workdir.name + '_8x')
+      report = json.loads((large / 'eval' / 'report.json').read_text())
+      print(f'\n8x pipeline, against its own SFT:\n\n{headline(report)}\n\n'
+            f'8x PPO-ptx selection curve (validation, against the 8x SFT):\n\n'
+            f'{selection(summary(large, "ppo_ptx"))}', flush=True)
 
 
 if __name__ == '__main__':
