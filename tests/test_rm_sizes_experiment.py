@@ -41,3 +41,13 @@ def test_each_trunk_and_fraction_gets_an_rm_a_ppo_run_and_fits(tiny_workdir, tmp
     assert len(json.loads((ppo / 'summary.json').read_text())['selection_curve']) == 3
   assert (out / 'overoptimisation.png').stat().st_size > 0
   assert not (workdir / 'rm').exists()  # the workdir's own stages are only read
+  # overoptimisation/run.py gives the same best-of-n fits from the PPO folders alone.
+  name, ppo = next(iter(fits['runs'].items()))
+  single = subprocess.run(
+      [sys.executable, 'experiments/overoptimisation/run.py', f'--runs=one={ppo}',
+       f'--out={tmp_path}'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert single.returncode == 0, single.stderr[-3000:]
+  for r in fits['fits']:
+    if r['run'] == name and r['form'] == 'bon':
+      assert f'| one | bon | {r["reward"]} | {r["alpha"]:.4f} | {r["beta"]:.4f} |' in single.stdout
+  assert (tmp_path / 'overoptimisation.png').stat().st_size > 0
