@@ -10,6 +10,8 @@ SFT's answers when its labels are exact: if it cannot, more or cleaner labels of
 will not make PPO beat SFT. Completions of equal gold score tie (RM training drops the pair); a
 prompt whose completions all tie is dropped. Use it on a copy of a workdir: it is not the
 world's labeling, and nothing in the pipeline reads it.
+
+Wall time on the 2-core CPU (2026-12-02): 2 seconds for the main job's 512 rankings.
 """
 import argparse
 import json

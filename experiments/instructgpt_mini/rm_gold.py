@@ -12,6 +12,9 @@ with the reward model and prints:
   - best-of-K among each prompt's SFT completions: the mean gold score of a random one, of the
     RM's favourite and of the gold favourite, and the RM's share of the possible gain.
 Pairs of equal gold score are left out. Nothing here reads the test prompts.
+
+Wall time on the 2-core CPU (2026-12-02, beside one other job): 15 seconds for the main job's
+validation samples.
 """
 import argparse
 import itertools
