@@ -18,30 +18,38 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 WORLD_SCALE = 0.01
 SAMPLED_PROMPTS = 16
 PPO_TOTAL = 4  # iterations of a small PPO run
-# 2 updates of 8 episodes per iteration, 8 pretraining rows each, 8-token responses. A config
-# file rather than overrides: `then` loads follow-up stages from the config's folder, so the
-# follow-up gets these settings too.
-SMALL_PPO = f"""
+# A stage config as a file rather than overrides: `then` and missing inputs load their stages'
+# configs from the config's folder, so those get the same settings.
+CONFIG_FILE = f"""
 from rlhf_jax import config_lib
 
 
 def get_config(arg=None):
   c = config_lib.load_config('{REPO}/configs/{{stage}}.py' + (':' + arg if arg else ''))
   c.data.world_scale = {WORLD_SCALE}
-  c.data.response_len = 8
-  c.batch_size, c.minibatch_size, c.ptx_per_episode = 16, 8, 1
-  c.total_steps, c.log_every, c.checkpoint_every = {PPO_TOTAL}, 1, 0
-  c.rollout_table_every = 2
-  c.then = ()
-  c.valid_prompts = {{valid_prompts}}
-  c.eval_every, c.best_of_n = 2, 2
+{{settings}}
   return c
 """
+# 2 updates of 8 episodes per iteration, 8 pretraining rows each, 8-token responses.
+SMALL_PPO = ('c.data.response_len = 8',
+             'c.batch_size, c.minibatch_size, c.ptx_per_episode = 16, 8, 1',
+             f'c.total_steps, c.log_every, c.checkpoint_every = {PPO_TOTAL}, 1, 0',
+             'c.rollout_table_every = 2',
+             'c.then = ()')
 
 
-def small_ppo_config(stage: str, valid_prompts: int) -> str:
-  """The source of a small configs/<stage>.py (ppo or ppo_ptx) validating on `valid_prompts`."""
-  return SMALL_PPO.replace('{stage}', stage).replace('{valid_prompts}', str(valid_prompts))
+def config_file(stage: str, *settings: str) -> str:
+  """The source of a configs/<stage>.py: the shipped one at WORLD_SCALE, then `settings`
+  (statements on its ConfigDict `c`)."""
+  return CONFIG_FILE.replace('{stage}', stage).replace(
+      '{settings}', '\n'.join(f'  {line}' for line in settings))
+
+
+def small_ppo_config(stage: str, valid_prompts: int, *settings: str) -> str:
+  """The source of a small configs/<stage>.py (ppo or ppo_ptx) validating on `valid_prompts`,
+  then `settings`."""
+  return config_file(stage, *SMALL_PPO, f'c.valid_prompts = {valid_prompts}',
+                     'c.eval_every, c.best_of_n = 2, 2', *settings)
 
 
 def stage_config(name: str, workdir, **overrides):

@@ -5,37 +5,27 @@ import json
 import subprocess
 import sys
 
-from stage_fixtures import REPO, WORLD_SCALE, copy_workdir, small_ppo_config
+from stage_fixtures import REPO, config_file, copy_workdir, small_ppo_config
 
 # Stage configs of the toy run: the shipped ones at the tests' world scale, a few steps each.
 # Every stage the pipeline may make is listed: a dependency's config is read from this folder.
-TOY_CONFIG = f"""
-from rlhf_jax import config_lib
-
-
-def get_config(arg=None):
-  c = config_lib.load_config('{REPO}/configs/{{stage}}.py' + (':' + arg if arg else ''))
-  c.data.world_scale = {WORLD_SCALE}
-  {{settings}}
-  return c
-"""
 TRAINING = 'c.total_steps, c.log_every, c.eval_every = 3, 1, 0'
-SETTINGS = {'world': '', 'label': '', 'pretrain': TRAINING, 'sft': TRAINING,
-            'pretrain_rm': TRAINING, 'sft_rm': TRAINING, 'rm': TRAINING, 'sft_init': TRAINING,
-            'sample': 'c.max_prompts, c.max_valid_prompts = 16, 16',
-            'eval': 'c.batch_size, c.public_eval_items, c.pretrain_eval_batches, '
-                    'c.max_test_prompts, c.examples = 16, 4, 1, 16, 1'}
+SETTINGS = {'world': (), 'label': (), 'pretrain': (TRAINING,), 'sft': (TRAINING,),
+            'pretrain_rm': (TRAINING,), 'sft_rm': (TRAINING,), 'rm': (TRAINING,),
+            'sft_init': (TRAINING,),
+            'sample': ('c.max_prompts, c.max_valid_prompts = 16, 16',),
+            'eval': ('c.batch_size, c.public_eval_items, c.pretrain_eval_batches, '
+                     'c.max_test_prompts, c.examples = 16, 4, 1, 16, 1',)}
 
 
 def write_configs(folder):
   folder.mkdir()
   for stage, settings in SETTINGS.items():
-    (folder / f'{stage}.py').write_text(
-        TOY_CONFIG.replace('{stage}', stage).replace('{settings}', settings))
+    (folder / f'{stage}.py').write_text(config_file(stage, *settings))
   # PPO-ptx as the suite's small runs, validating on 8 prompts, and ending with the eval stage
   # as the shipped config does.
   (folder / 'ppo_ptx.py').write_text(
-      small_ppo_config('ppo_ptx', valid_prompts=8).replace('c.then = ()', "c.then = ('eval',)"))
+      small_ppo_config('ppo_ptx', 8, "c.then = ('eval',)"))
 
 
 def test_large_policy_is_trained_with_the_main_jobs_reward_model(tiny_workdir, tmp_path):

@@ -32,7 +32,6 @@ from rlhf_jax.stages import eval as eval_stage
 from rlhf_jax.world import build, labelers
 
 
-
 @dataclasses.dataclass(frozen=True)
 class ValidationSet:
   """The validation prompts a policy answers, and who judges each.
