@@ -9,7 +9,7 @@ import pytest
 
 from rlhf_jax.config_lib import GEOMETRIES
 from rlhf_jax.models import LanguageModel, ScalarModel, attention, init_cache, last_token_value
-from rlhf_jax.models.decoder import attention_masks, rope_inv_freq
+from rlhf_jax.models.decoder import attention_masks, residual_projection, rope_inv_freq
 
 # fp32 against a float64 reference: rounding through two layers of O(1) activations stays near
 # 1e-6, while a real bug (a leaked pad key, a shifted position) moves logits by 1e-2 or more
@@ -186,6 +186,18 @@ def test_unrolled_layers_same_forward_and_gradient(flavour):
   assert c.unrolled().scan_unroll == c.n_layers > 1
   np.testing.assert_allclose(got, want, **TOL)
   for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, **TOL)
+
+
+def test_residual_projection_is_a_dense_product_with_its_gradient():
+  """The branch output projection's own backward equals autodiff of the plain product."""
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5))
+  kernel = jax.random.normal(jax.random.key(1), (5, 4))
+  cotangent = jax.random.normal(jax.random.key(2), (2, 3, 4))
+  got, got_vjp = jax.vjp(residual_projection, x, kernel)
+  want, want_vjp = jax.vjp(lambda a, b: jnp.einsum('bti,id->btd', a, b), x, kernel)
+  np.testing.assert_allclose(got, want, **TOL)
+  for g, w in zip(got_vjp(cotangent), want_vjp(cotangent)):
     np.testing.assert_allclose(g, w, **TOL)
 
 

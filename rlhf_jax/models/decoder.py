@@ -40,6 +40,58 @@ def _resid_std(c: ModelConfig) -> float:
   return INIT_STD / np.sqrt(2 * c.n_layers)
 
 
+@jax.custom_vjp
+def residual_projection(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """x [..., I] @ kernel [I, D]: a branch's output projection into the residual stream.
+
+  The same product as a dense layer; only the kernel gradient is arranged differently. Its
+  cotangent g is the residual stream's gradient, which in the backward pass is a running sum over
+  the layers above. JAX's rule computes the kernel gradient as (g^T x)^T, so XLA transposes g,
+  and on CPU it fuses the whole chain of adds that makes g into each such transpose: every layer
+  re-adds the contributions of all layers above it (15% of the tiny PPO update's op time,
+  experiments/bench/README.md). Contracting x first (x^T g) transposes x instead, one array.
+  """
+  return jnp.dot(x, kernel)
+
+
+def _residual_projection_fwd(x, kernel):
+  return jnp.dot(x, kernel), (x, kernel)
+
+
+def _residual_projection_bwd(residuals, g):
+  x, kernel = residuals
+  rows = lambda a: a.reshape(-1, a.shape[-1])
+  d_kernel = jax.lax.dot_general(rows(x), rows(g), (((0,), (0,)), ((), ())))
+  return jnp.dot(g, kernel.T), d_kernel
+
+
+residual_projection.defvjp(_residual_projection_fwd, _residual_projection_bwd)
+
+
+class ResidualOut(nn.Module):
+  """The dense layer that ends a branch (attention `out`, MLP `wo`), via `residual_projection`.
+
+  Parameters as nn.Dense / nn.DenseGeneral over the trailing `len(kernel_axes) - 1` input axes:
+  'kernel' [*inputs, D] and, with `use_bias`, 'bias' [D].
+  """
+  config: ModelConfig
+  kernel_axes: tuple[str, ...]
+  std: float
+
+  @nn.compact
+  def __call__(self, x):  # [B, T, *inputs] -> [B, T, D]
+    c = self.config
+    n_in = len(self.kernel_axes) - 1
+    kernel = self.param('kernel', _init(self.kernel_axes, self.std),
+                        x.shape[-n_in:] + (c.d_model,), c.param_dtype)
+    y = residual_projection(x.reshape(x.shape[:-n_in] + (-1,)).astype(c.dtype),
+                            kernel.reshape(-1, c.d_model).astype(c.dtype))
+    if c.use_bias:
+      y = y + self.param('bias', _zeros(self.kernel_axes[-1:]), (c.d_model,),
+                         c.param_dtype).astype(c.dtype)
+    return y
+
+
 def positions_from_mask(mask: jax.Array) -> jax.Array:
   """Position ids counting real tokens only, so padding never shifts them.
 
@@ -170,10 +222,8 @@ class Attention(nn.Module):
       # Decoding is inference only: the cached path has no attention dropout.
       out = cached_attention(q, k, v, *cache[:2], layer, mask, cache[2])
     out = out.reshape(b, t, c.n_heads, c.d_head)
-    out = nn.DenseGeneral(c.d_model, axis=(-2, -1), use_bias=c.use_bias, dtype=c.dtype,
-                          param_dtype=c.param_dtype,
-                          kernel_init=_init(('heads', 'kv', 'embed'), _resid_std(c)),
-                          bias_init=_zeros(('embed',)), name='out')(constrain(out, BTHD))
+    out = ResidualOut(c, ('heads', 'kv', 'embed'), _resid_std(c), name='out')(
+        constrain(out, BTHD))
     return out, None if cache is None else (k, v)
 
 
@@ -181,10 +231,10 @@ class Mlp(nn.Module):
   """GELU (two matrices, tanh approximation as GPT-2/3) or SwiGLU (three matrices)."""
   config: ModelConfig
 
-  def _dense(self, x, features, names, name, std=INIT_STD):
+  def _dense(self, x, features, names, name):
     c = self.config
     return nn.Dense(features, use_bias=c.use_bias, dtype=c.dtype, param_dtype=c.param_dtype,
-                    kernel_init=_init(names, std), bias_init=_zeros(names[-1:]), name=name)(x)
+                    kernel_init=_init(names), bias_init=_zeros(names[-1:]), name=name)(x)
 
   @nn.compact
   def __call__(self, x):  # [B, T, D] -> [B, T, D]
@@ -196,7 +246,7 @@ class Mlp(nn.Module):
     else:
       # GPT-2/3 use the tanh approximation; GPT-NeoX/Pythia the exact erf form.
       h = nn.gelu(self._dense(x, c.d_ff, ('embed', 'mlp'), 'wi'), approximate=c.mlp == 'gelu')
-    return self._dense(constrain(h, act), c.d_model, ('mlp', 'embed'), 'wo', _resid_std(c))
+    return ResidualOut(c, ('mlp', 'embed'), _resid_std(c), name='wo')(constrain(h, act))
 
 
 class Block(nn.Module):
