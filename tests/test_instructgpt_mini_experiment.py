@@ -1,6 +1,7 @@
 """experiments/instructgpt_mini/run.py at the tiny size, from the shared tiny workdir: the main
 job's missing stages, then with --large_policy the 8x base, SFT and PPO-ptx scored by the main
-job's reward model, all evaluated in the main workdir."""
+job's reward model, all evaluated in the main workdir. The "8x" geometry is a small one here
+(`--large_model`): the test is of the pipeline, not of the size, and it is the suite's longest."""
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ SETTINGS = {'world': (), 'label': (), 'pretrain': (TRAINING,), 'sft': (TRAINING,
             'sample': ('c.max_prompts, c.max_valid_prompts = 16, 16',),
             'eval': ('c.batch_size, c.public_eval_items, c.pretrain_eval_batches, '
                      'c.max_test_prompts, c.examples = 16, 4, 1, 16, 1',)}
+LARGE_MODEL = 'n_layers=2,d_model=64,n_heads=2,d_ff=256'
 
 
 def write_configs(folder):
@@ -34,13 +36,13 @@ def test_large_policy_is_trained_with_the_main_jobs_reward_model(tiny_workdir, t
   workdir = copy_workdir(tiny_workdir, tmp_path / 'mini_seed0')
   result = subprocess.run(
       [sys.executable, 'experiments/instructgpt_mini/run.py', f'--workdir={tmp_path / "mini"}',
-       '--seeds=0', '--large_policy', f'--configs={configs}'],
+       '--seeds=0', '--large_policy', f'--configs={configs}', f'--large_model={LARGE_MODEL}'],
       cwd=REPO, capture_output=True, text=True, timeout=1500)
   assert result.returncode == 0, result.stderr[-3000:]
   large = tmp_path / 'mini_seed0_8x'
   for stage in ('pretrain', 'sft', 'sft_init', 'ppo_ptx'):
     model = json.loads((large / stage / 'summary.json').read_text())['model']
-    assert (model['n_layers'], model['d_model']) == (8, 256), stage
+    assert (model['n_layers'], model['d_model']) == (2, 64), stage
   # Scored by the main job's reward model, which the 8x folder neither trains nor links.
   ppo = json.loads((large / 'ppo_ptx' / 'provenance.json').read_text())['config']
   assert ppo['reward_from'] == str((workdir / 'rm').resolve())

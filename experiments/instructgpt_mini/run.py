@@ -2,14 +2,16 @@
 
   python experiments/instructgpt_mini/run.py [--workdir runs/instructgpt_mini] [--seeds 0,1,2]
                                              [--ppo] [--large_base] [--large_policy]
+                                             [--large_model n_layers=8,d_model=256,...]
 
 For each seed, in <workdir>_seed<seed>, runs as a user would (`python -m rlhf_jax.main`, each
 stage skipped when already complete; the seed reaches every stage, the world included):
   1. configs/ppo_ptx.py: world, pretrain, sft, sample, label, pretrain_rm, sft_rm, rm, sft_init,
      PPO-ptx (validation picks the iteration), eval;
   2. with --ppo, configs/ppo.py: PPO (gamma 0) from the same sft_init and reward model;
-  3. with --large_base, configs/pretrain.py with a larger geometry (8 layers, d_model 256) in
-     <workdir>_seed<seed>_8x, on the same world and token budget, evaluated as `gpt_8x`;
+  3. with --large_base, configs/pretrain.py with a larger geometry (`--large_model`; by default
+     8 layers, d_model 256) in <workdir>_seed<seed>_8x, on the same world and token budget,
+     evaluated as `gpt_8x`;
   4. with --large_policy (implies --large_base), the policy's pipeline at that geometry in the
      same folder: sft, sft_init and PPO-ptx scored by the main job's reward model (the paper
      used one 6B RM for every policy size), then that folder's eval stage (its policies against
@@ -38,8 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rlhf_jax import stages  # noqa: E402
 
 # The 8x base model: twice the layers and twice the width of `tiny` (4 layers, d_model 128).
-LARGE = {'n_layers': 8, 'd_model': 256, 'n_heads': 8, 'd_ff': 1024}
-LARGE_ARGS = tuple(f'--config.model.{field}={value}' for field, value in LARGE.items())
+LARGE = 'n_layers=8,d_model=256,n_heads=8,d_ff=1024'
 POLICIES = ('gpt', 'gpt_8x', 'gpt_prompted', 'sft', 'sft_8x', 'ppo', 'ppo_ptx', 'ppo_ptx_8x')
 RM_SETS = ('valid_train', 'valid_heldout', 'test_train', 'test_heldout')
 
@@ -137,22 +138,31 @@ def wall_times(workdir: pathlib.Path) -> str:
           + f' | {sum(seconds.values()):.0f} |')
 
 
-def large_pipeline(configs: str, workdir: pathlib.Path, seed: int, policy: bool) -> list[str]:
-  """The 8x base model, and with `policy` its SFT, sft_init and PPO-ptx scored by `workdir`'s
-  reward model and evaluated against that SFT, in <workdir>_8x; returns their `extra_policies`
-  entries for the main workdir's eval stage."""
+def model_overrides(fields: str) -> tuple[str, ...]:
+  """'n_layers=8,d_model=256' -> the main job's --config.model.* flags setting those fields."""
+  pairs = [field.split('=') for field in fields.split(',')]
+  if any(len(pair) != 2 or not all(pair) for pair in pairs):
+    raise SystemExit(f'--large_model={fields}: expected FIELD=VALUE pairs separated by commas')
+  return tuple(f'--config.model.{field}={value}' for field, value in pairs)
+
+
+def large_pipeline(configs: str, workdir: pathlib.Path, seed: int, policy: bool,
+                   large_args: tuple[str, ...]) -> list[str]:
+  """The 8x base model (the geometry `large_args` set), and with `policy` its SFT, sft_init and
+  PPO-ptx scored by `workdir`'s reward model and evaluated against that SFT, in <workdir>_8x;
+  returns their `extra_policies` entries for the main workdir's eval stage."""
   large = workdir.with_name(workdir.name + '_8x')
   reuse = f'--reuse_from={workdir}'  # the world's data, not remade
-  main_job(f'{configs}/pretrain.py', large, seed, reuse, *LARGE_ARGS)
+  main_job(f'{configs}/pretrain.py', large, seed, reuse, *large_args)
   extra = [f'gpt_8x={large / "pretrain"}']
   if policy:
     # Stage by stage, the eval too: a dependency or follow-up the CLI ran by itself would get its
     # config's geometry.
     for stage in ('sft', 'sft_init'):
-      main_job(f'{configs}/{stage}.py', large, seed, *LARGE_ARGS)
-    main_job(f'{configs}/ppo_ptx.py', large, seed, *LARGE_ARGS,
+      main_job(f'{configs}/{stage}.py', large, seed, *large_args)
+    main_job(f'{configs}/ppo_ptx.py', large, seed, *large_args,
              f'--config.reward_from={(workdir / "rm").resolve()}', '--config.then=()')
-    main_job(f'{configs}/eval.py', large, seed, *LARGE_ARGS)
+    main_job(f'{configs}/eval.py', large, seed, *large_args)
     extra += [f'sft_8x={large / "sft"}', f'ppo_ptx_8x={large / "ppo_ptx"}']
   return extra
 
@@ -165,8 +175,11 @@ def main():
   parser.add_argument('--large_base', action='store_true', help='also an 8x base model')
   parser.add_argument('--large_policy', action='store_true',
                       help='also SFT and PPO-ptx at the 8x geometry with the same reward model')
+  parser.add_argument('--large_model', default=LARGE,
+                      help='the larger geometry, as FIELD=VALUE pairs of the model config')
   parser.add_argument('--configs', default='configs', help='the folder of the stage configs')
   args = parser.parse_args()
+  large_args = model_overrides(args.large_model)  # a typo stops the run before any stage
   base = pathlib.Path(args.workdir)
   for seed in (int(s) for s in args.seeds.split(',')):
     workdir = base.with_name(f'{base.name}_seed{seed}')
@@ -175,7 +188,7 @@ def main():
     if args.ppo:
       main_job(f'{args.configs}/ppo.py', workdir, seed)
     if args.large_base or args.large_policy:
-      extra = large_pipeline(args.configs, workdir, seed, args.large_policy)
+      extra = large_pipeline(args.configs, workdir, seed, args.large_policy, large_args)
     if args.ppo or extra:
       main_job(f'{args.configs}/eval.py', workdir, seed,
                f'--config.extra_policies={",".join(extra)}', '--force')
