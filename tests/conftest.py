@@ -50,10 +50,15 @@ def _shared(tmp_path_factory, name: str, build: Callable[[pathlib.Path], None]) 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects by marker
 def pytest_collection_modifyitems(items) -> None:
-  """Tests that need the shared tiny workdir are slow: building it trains four models."""
+  """Tests that need the shared tiny workdir are slow: building it trains four models.
+
+  Slow tests run first, so the minutes-long ones start early and the short ones fill in at the
+  end on whichever worker is free (pytest.ini's worksteal moves queued tests between workers).
+  """
   for item in items:
     if 'tiny_workdir' in getattr(item, 'fixturenames', ()):
       item.add_marker(pytest.mark.slow)
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)  # stable
 
 
 @pytest.fixture(scope='session')
