@@ -37,7 +37,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rlhf_jax import stages  # noqa: E402
+from rlhf_jax import config_lib, stages  # noqa: E402
 
 # The 8x base model: twice the layers and twice the width of `tiny` (4 layers, d_model 128).
 LARGE = 'n_layers=8,d_model=256,n_heads=8,d_ff=1024'
@@ -138,11 +138,15 @@ def wall_times(workdir: pathlib.Path) -> str:
           + f' | {sum(seconds.values()):.0f} |')
 
 
-def model_overrides(fields: str) -> tuple[str, ...]:
-  """'n_layers=8,d_model=256' -> the main job's --config.model.* flags setting those fields."""
+def model_overrides(fields: str, model) -> tuple[str, ...]:
+  """'n_layers=8,d_model=256' -> the main job's --config.model.* flags setting those fields of
+  `model` (a stage config's model ConfigDict, which names the fields there are)."""
   pairs = [field.split('=') for field in fields.split(',')]
   if any(len(pair) != 2 or not all(pair) for pair in pairs):
     raise SystemExit(f'--large_model={fields}: expected FIELD=VALUE pairs separated by commas')
+  unknown = [field for field, _ in pairs if field not in model]
+  if unknown:
+    raise SystemExit(f'--large_model={fields}: the model config has no field {unknown[0]}')
   return tuple(f'--config.model.{field}={value}' for field, value in pairs)
 
 
@@ -179,7 +183,9 @@ def main():
                       help='the larger geometry, as FIELD=VALUE pairs of the model config')
   parser.add_argument('--configs', default='configs', help='the folder of the stage configs')
   args = parser.parse_args()
-  large_args = model_overrides(args.large_model)  # a typo stops the run before any stage
+  # A typo stops the run before any stage.
+  large_args = model_overrides(args.large_model,
+                               config_lib.load_config(f'{args.configs}/pretrain.py').model)
   base = pathlib.Path(args.workdir)
   for seed in (int(s) for s in args.seeds.split(',')):
     workdir = base.with_name(f'{base.name}_seed{seed}')
